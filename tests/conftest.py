@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny, random, fully offline SmolVLM plus a small Video2LoRA hypernetwork on top."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a Hub lookup would hang for minutes before failing
+
+import numpy as np
+import pytest
+import torch
+
+from configuration_video2lora import Video2LoRAConfig
+from modeling_video2lora import Video2LoRAModel
+from video2lora.tiny import build_processor, build_tokenizer, tiny_smolvlm_config
+
+TINY_HYPERNETWORK = dict(lora_r=4, latent_size=32, num_latents=4, num_blocks=2, num_attention_heads=4,
+                         input_projection_size=32, num_frames=4, frame_size=64)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer(["a red circle moves left.", "what colour is the square?", "blue", "triangle"])
+
+
+@pytest.fixture(scope="session")
+def base_config(tokenizer):
+    return tiny_smolvlm_config(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def processor(tokenizer, base_config):
+    return build_processor(tokenizer, base_config)
+
+
+def make_frames(num_frames: int, seed: int = 0, size: int = 64) -> np.ndarray:
+    """Random, never all-black frames (all-zero frames are padding to SmolVLM)."""
+    return np.random.default_rng(seed).integers(1, 256, (num_frames, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def make_model(base_config, processor):
+    def build(seed: int = 0, **overrides) -> Video2LoRAModel:
+        torch.manual_seed(seed)
+        config = Video2LoRAConfig(base_config=base_config, **{**TINY_HYPERNETWORK, **overrides})
+        return Video2LoRAModel(config, processor=processor).eval()
+    return build
+
+
+def perturb_(model: Video2LoRAModel, seed: int = 1, std: float = 0.05) -> None:
+    """Move every hypernetwork weight, the zero-initialized B scalers included, as training would."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.hypernetwork.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * std)

@@ -1,0 +1,319 @@
+"""The core contract: adapter shapes, the exact no-op at init, PEFT-exact export, batching, AutoModel loading."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+from configuration_video2lora import Video2LoRAConfig
+from modeling_video2lora import AdapterMismatchError, Video2LoRAAdapter, Video2LoRAModel
+from tests.conftest import TINY_HYPERNETWORK, make_frames, perturb_
+
+INSTRUCTION = "Internalize this video for later captioning."
+
+
+def context(processor, *frame_counts, seed=0):
+    videos = [make_frames(count, seed=seed + i) for i, count in enumerate(frame_counts)]
+    return processor.encode_videos(videos, INSTRUCTION)
+
+
+def student_logits(model, processor, adapter, questions=("what colour is the square?",), answers=None):
+    inputs = processor.encode_text(list(questions), answers=answers or ["blue"] * len(questions))
+    if adapter is None:
+        return model.vlm(**inputs).logits
+    with model.apply_adapter(adapter):
+        return model.vlm(**inputs).logits
+
+
+@pytest.mark.parametrize("num_frames", [1, 3, 16])
+def test_adapter_shapes(make_model, processor, num_frames):
+    model = make_model()
+    adapter = model.generate_adapter(**context(processor, num_frames))
+    text = model.config.text_config
+    rank = 2 * TINY_HYPERNETWORK["lora_r"]  # the bias block doubles the rank
+    assert list(adapter.lora_A) == ["mlp.down_proj"]
+    assert adapter.lora_A["mlp.down_proj"].shape == (1, text.num_hidden_layers, rank, text.intermediate_size)
+    assert adapter.lora_B["mlp.down_proj"].shape == (1, text.num_hidden_layers, text.hidden_size, rank)
+    assert adapter.scale == pytest.approx(2 * TINY_HYPERNETWORK["lora_r"] ** 1.5)
+
+
+def test_visual_tokens_per_frame_match_the_base(processor, base_config):
+    inputs = context(processor, 3)
+    vision = base_config.vision_config
+    per_frame = (vision.image_size // vision.patch_size) ** 2 // base_config.scale_factor**2
+    assert processor.visual_token_count(inputs["input_ids"]) == 3 * per_frame
+    assert inputs["pixel_values"].shape[:2] == (1, 3)
+
+
+def test_several_target_modules_and_shared_head(make_model, processor):
+    model = make_model(target_modules=["mlp.down_proj", "self_attn.q_proj"], head_type="shared")
+    adapter = model.generate_adapter(**context(processor, 2))
+    text = model.config.text_config
+    assert adapter.lora_A["self_attn.q_proj"].shape[-1] == text.hidden_size
+    assert adapter.lora_B["self_attn.q_proj"].shape[-2] == text.hidden_size
+    assert adapter.lora_A["mlp.down_proj"].shape[-1] == text.intermediate_size
+
+
+def test_untrained_adapter_is_an_exact_no_op_and_training_changes_it(make_model, processor):
+    model = make_model()
+    adapter = model.generate_adapter(**context(processor, 3))
+    bare = student_logits(model, processor, None)
+    assert torch.equal(student_logits(model, processor, adapter), bare)
+
+    perturb_(model)
+    moved = model.generate_adapter(**context(processor, 3))
+    assert (student_logits(model, processor, moved) - bare).abs().max() > 1e-3
+
+
+def test_adapter_depends_on_the_video(make_model, processor):
+    model = make_model()
+    perturb_(model)
+    first, second = model.generate_adapter(**context(processor, 3, 3))[[0, 1]].lora_A["mlp.down_proj"]
+    assert not torch.allclose(first, second)
+
+
+def test_peft_round_trip_is_exact(make_model, processor, tmp_path):
+    model = make_model()
+    perturb_(model)
+    adapter = model.generate_adapter(**context(processor, 3))
+    adapter.save_pretrained(tmp_path)
+
+    peft_config, state_dict = adapter.to_peft()
+    assert peft_config.r == peft_config.lora_alpha == adapter.rank
+    base = SmolVLMForConditionalGeneration(model.config.base_config)
+    base.load_state_dict(model.vlm.state_dict())
+    peft_model = PeftModel.from_pretrained(base, tmp_path)
+    peft_model.eval()
+    # Our keys are exactly PEFT's own on-disk keys for this base: nothing missing, nothing unexpected.
+    assert set(get_peft_model_state_dict(peft_model)) == set(state_dict)
+    wrapped = [name for name, _ in peft_model.named_modules() if name.endswith("lora_A.default")]
+    assert len(wrapped) == model.config.text_config.num_hidden_layers
+    assert all(".text_model." in name for name in wrapped), "the vision tower must never be targeted"
+
+    inputs = processor.encode_text(["what colour is the square?"], answers=["blue"])
+    ours = student_logits(model, processor, adapter)
+    with torch.no_grad():
+        theirs = peft_model(**inputs).logits
+        bare = model.vlm(**inputs).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    assert (theirs - bare).abs().max() > 1e-3
+
+    reloaded = Video2LoRAAdapter.from_pretrained(tmp_path)
+    assert reloaded.fingerprint == model.fingerprint
+    torch.testing.assert_close(student_logits(model, processor, reloaded), ours, atol=1e-5, rtol=0)
+
+
+def test_batched_adapters_equal_one_by_one(make_model, processor):
+    model = make_model()
+    perturb_(model)
+    adapters = model.generate_adapter(**context(processor, 2, 4, 3))
+    questions = ["what colour is the square?", "a red circle moves left.", "triangle"]
+    batched = student_logits(model, processor, adapters, questions)
+    inputs = processor.encode_text(questions, answers=["blue"] * 3)
+    for row in range(3):
+        alone = student_logits(model, processor, adapters[row], [questions[row]])
+        length = int(inputs["attention_mask"][row].sum())
+        torch.testing.assert_close(batched[row, :length], alone[0, :length], atol=1e-5, rtol=1e-5)
+    # and the batch really differs per row: the first row with the second row's adapter gives other logits
+    swapped = student_logits(model, processor, adapters[1], [questions[0]])
+    assert (swapped[0] - batched[0, : swapped.shape[1]]).abs().max() > 1e-4
+
+
+def test_adapter_index_serves_several_questions_per_video(make_model, processor):
+    model = make_model()
+    perturb_(model)
+    ctx = context(processor, 2, 3)
+    inputs = processor.encode_text(["q one", "q two", "q three"], answers=["a", "b", "c"])
+    index = torch.tensor([1, 0, 1])
+    out = model(**inputs, context_input_ids=ctx["input_ids"], context_attention_mask=ctx["attention_mask"],
+                pixel_values=ctx["pixel_values"], pixel_attention_mask=ctx["pixel_attention_mask"],
+                adapter_index=index)
+    expected = student_logits(model, processor, out.adapter[index], ["q one", "q two", "q three"], ["a", "b", "c"])
+    torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_only_hypernetwork_parameters_train(make_model, processor):
+    model = make_model().train()
+    assert not model.vlm.training, "the frozen base must stay in eval mode"
+    ctx = context(processor, 2, 3)
+    inputs = processor.encode_text(["q one", "q two"], answers=["blue", "red"])
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    # Train one step first so the zero-initialized B scalers let gradient reach every head parameter.
+    perturb_(model)
+    out = model(**inputs, labels=labels, context_input_ids=ctx["input_ids"],
+                context_attention_mask=ctx["attention_mask"], pixel_values=ctx["pixel_values"],
+                pixel_attention_mask=ctx["pixel_attention_mask"])
+    out.loss.backward()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("hypernetwork.") for name in trainable)
+    assert all(p.grad is None for p in model.vlm.parameters())
+    with_grad = {name for name, p in model.hypernetwork.named_parameters() if p.grad is not None}
+    assert with_grad == {name for name, _ in model.hypernetwork.named_parameters()}
+
+
+def test_composition_sums_or_averages_the_deltas(make_model, processor):
+    model = make_model()
+    perturb_(model)
+    first, second = model.generate_adapter(**context(processor, 2, 2))[[0, 1]], None
+    first, second = first[0], first[1]
+    concat = Video2LoRAAdapter.compose([first, second])
+    average = Video2LoRAAdapter.compose([first, second], mode="average")
+    assert concat.rank == first.rank + second.rank
+
+    def delta(adapter):
+        return torch.einsum("lor,lri->loi", adapter.scaled_B()["mlp.down_proj"][0], adapter.lora_A["mlp.down_proj"][0])
+
+    torch.testing.assert_close(delta(concat), delta(first) + delta(second), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(delta(average), (delta(first) + delta(second)) / 2, atol=1e-5, rtol=1e-5)
+
+
+def test_adapter_for_another_base_is_refused(make_model, processor, tmp_path, base_config):
+    model = make_model()
+    other_config = SmolVLMConfig(**{**base_config.to_dict(), "text_config": {
+        **base_config.text_config.to_dict(), "num_hidden_layers": 3}})
+    other = Video2LoRAModel(Video2LoRAConfig(base_config=other_config, **TINY_HYPERNETWORK), processor=processor)
+    foreign = other.generate_adapter(**context(processor, 2))
+    with pytest.raises(AdapterMismatchError, match="Internalize the video again"):
+        model.answer(foreign, "what colour?")
+    foreign.fingerprint = None  # a PEFT folder from elsewhere carries no fingerprint: the shapes still give it away
+    with pytest.raises(AdapterMismatchError, match="do not fit this base"):
+        model.answer(foreign, "what colour?")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2}))
+    from safetensors.torch import save_file
+    save_file({"base_model.model.model.layers.0.mlp.down_proj.lora_A.weight": torch.zeros(2, 4)},
+              str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(AdapterMismatchError, match="another base model"):
+        Video2LoRAAdapter.from_pretrained(tmp_path)
+
+
+def test_internalize_and_answer_from_array_pil_and_file(make_model, processor, tmp_path):
+    from PIL import Image
+
+    from video2lora.video import write_video
+
+    model = make_model()
+    perturb_(model)
+    frames = make_frames(8, seed=3)
+    from_array = model.internalize(frames, fps=4.0)
+    from_pil = model.internalize([Image.fromarray(f) for f in frames], fps=4.0)
+    torch.testing.assert_close(from_array.lora_A["mlp.down_proj"], from_pil.lora_A["mlp.down_proj"])
+    path = tmp_path / "clip.mp4"
+    write_video(path, frames, fps=4.0)
+    from_file = model.internalize(path)
+    assert from_file.lora_A["mlp.down_proj"].shape == from_array.lora_A["mlp.down_proj"].shape
+    answer = model.answer(from_array, "what colour is the square?", max_new_tokens=3)
+    assert isinstance(answer, str)
+    answers = model.answer(from_array, ["what colour is the square?", "triangle"], max_new_tokens=3)
+    assert len(answers) == 2 and answers[0] == answer
+    with pytest.raises(ValueError, match="uint8"):
+        model.internalize(frames.astype("float32"))
+
+
+def test_reference_mode_saves_only_the_hypernetwork(base_config, processor, tmp_path):
+    from safetensors import safe_open
+
+    base_dir, model_dir = tmp_path / "base", tmp_path / "hypernetwork"
+    SmolVLMForConditionalGeneration(base_config).save_pretrained(base_dir)
+    processor.save_pretrained(base_dir)
+    model = Video2LoRAModel.from_base(str(base_dir), **TINY_HYPERNETWORK)
+    assert model.processor is not None
+    model.config.base_model_name_or_path = "../base"  # a base shipped beside the checkpoint
+    model.save_pretrained(model_dir)
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+    assert keys and all(key.startswith("hypernetwork.") for key in keys)
+    reloaded = Video2LoRAModel.from_pretrained(model_dir)
+    for name, tensor in model.vlm.state_dict().items():
+        assert torch.equal(reloaded.vlm.state_dict()[name], tensor), name
+    assert not any(p.requires_grad for p in reloaded.vlm.parameters())
+
+
+AUTOMODEL_SCRIPT = textwrap.dedent("""
+    import importlib.abc, sys
+
+    class BlockProject(importlib.abc.MetaPathFinder):
+        # The folder's own code must be what runs, never this project's installed modules.
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"video2lora", "modeling_video2lora", "configuration_video2lora",
+                                      "perceiver_video2lora", "processing_video2lora", "tests"}:
+                raise ImportError(f"project module {name} imported")
+
+    sys.meta_path.insert(0, BlockProject())
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.save({"logits": model.vlm(input_ids=ids).logits,
+                "a": model.hypernetwork.heads[0].a_scale.detach().clone(),
+                "processor": type(model.processor).__name__}, sys.argv[2])
+""")
+
+
+def test_automodel_loads_from_another_directory(make_model, tmp_path):
+    model = make_model()
+    perturb_(model)
+    model.save_pretrained(tmp_path / "model")
+    saved = sorted(os.listdir(tmp_path / "model"))
+    assert "model.safetensors" in saved and not any(name.endswith((".bin", ".pt")) for name in saved)
+    assert {"modeling_video2lora.py", "configuration_video2lora.py", "perceiver_video2lora.py",
+            "processing_video2lora.py"} <= set(saved)
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["auto_map"]["AutoModel"] == (
+        "modeling_video2lora.Video2LoRAModel")
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", AUTOMODEL_SCRIPT, str(tmp_path / "model"), str(tmp_path / "o.pt")],
+                            cwd=workdir, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = torch.load(tmp_path / "o.pt", weights_only=True)
+    with torch.no_grad():
+        expected = model.vlm(input_ids=torch.tensor([[5, 6, 7, 8]])).logits
+    torch.testing.assert_close(out["logits"], expected)
+    torch.testing.assert_close(out["a"], model.hypernetwork.heads[0].a_scale.detach())
+    assert out["processor"] == "Video2LoRAProcessor"
+
+
+# The real configs' values (from the checkpoints' config.json), written here because nothing can be downloaded.
+SMOLVLM2_500M = dict(
+    image_token_id=49190, scale_factor=4,
+    text_config=dict(model_type="llama", hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                     num_attention_heads=15, num_key_value_heads=5, vocab_size=49280, max_position_embeddings=8192,
+                     rope_theta=100000.0, rms_norm_eps=1e-5),
+    vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                       patch_size=16, image_size=512),
+)
+SMOLVLM2_2B = dict(
+    image_token_id=49190, scale_factor=3,
+    text_config=dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                     num_attention_heads=32, num_key_value_heads=32, vocab_size=49280, max_position_embeddings=16384,
+                     rope_theta=273768.0, rms_norm_eps=1e-5),
+    vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                       patch_size=14, image_size=384),
+)
+
+
+@pytest.mark.parametrize(("name", "values", "published_millions"), [("500M", SMOLVLM2_500M, 129),
+                                                                     ("2.2B", SMOLVLM2_2B, 227)])
+def test_real_architectures_on_meta_device(name, values, published_millions):
+    base_config = SmolVLMConfig(**values)
+    counts = {}
+    with torch.device("meta"):
+        for head_type in ("per_layer", "shared"):
+            model = Video2LoRAModel(Video2LoRAConfig(base_config=base_config, head_type=head_type))
+            counts[head_type] = sum(p.numel() for p in model.hypernetwork.parameters())
+    tokens_per_frame = (base_config.vision_config.image_size // base_config.vision_config.patch_size) ** 2 // (
+        base_config.scale_factor**2)
+    print(f"\nSmolVLM2-{name}: {tokens_per_frame} tokens/frame; hypernetwork {counts['per_layer'] / 1e6:.1f}M "
+          f"(published {published_millions}M), shared head {counts['shared'] / 1e6:.1f}M")
+    assert tokens_per_frame == {"500M": 64, "2.2B": 81}[name]
+    assert abs(counts["per_layer"] / 1e6 - published_millions) / published_millions < 0.15
+    assert counts["shared"] < 0.6 * counts["per_layer"]
