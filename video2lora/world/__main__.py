@@ -1,7 +1,9 @@
 """Command line: write clips of the generated world as MP4 files plus a JSONL manifest.
 
-    python -m video2lora.world --out data/world --split train --num-clips 100
-    python -m video2lora.world --out data/world --split test --num-clips 50 --two-segment --num-steps 8
+```bash
+python -m video2lora.world --out data/world --split train --num-clips 100
+python -m video2lora.world --out data/world --split test --num-clips 50 --two-segment --num-steps 8
+```
 """
 
 from __future__ import annotations

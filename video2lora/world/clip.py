@@ -1,6 +1,6 @@
 """Clips of the generated video world: a seed in, frames, ground truth and language out.
 
-[`generate_clip`] is pure and in-memory (about 1 ms for a default 64 px clip), so a training loop can draw fresh
+[`generate_clip`] is pure and in-memory (about 1.5 ms for a default 64 px clip on one CPU core), so a training loop can draw fresh
 clips without touching disk. Everything is a function of the seed: scene sampling and question wording draw from
 separate numpy generators seeded with `[seed, stream]`, so changing one never shifts the other.
 """
@@ -82,14 +82,17 @@ class Clip:
 
     @property
     def num_steps(self) -> int:
+        """Key steps in the clip (both halves of a two-segment clip)."""
         return self.config.num_steps
 
     @property
     def frames_per_step(self) -> int:
+        """Video frames rendered per step."""
         return self.config.frames_per_step
 
     @property
     def fps(self) -> float:
+        """Frame rate of the video."""
         return self.config.fps
 
     @property
@@ -235,10 +238,11 @@ def generate_two_segment_clip(
     """Generate a clip made of two halves with different objects and events, for adapter composition.
 
     Each half is a scene of `num_steps` steps with one object (probability 1/3) or two (`max_objects` is capped at
-    2, which balances the count answers); the second half uses only shapes and colours absent from the first, so every object is named unambiguously in the whole
-    clip and each question's answer depends on one half. The returned clip has `2 * num_steps` steps; its caption
-    is the first half's caption followed by the second's, and `segments` holds each half's own caption, questions
-    and time span.
+    2; the weights balance the count answers). The second half uses only shapes and colours absent from the first,
+    so every object is named unambiguously in the whole clip and each question's answer depends on one half. The
+    returned clip has `2 * num_steps` steps; its caption is the first half's caption followed by the second's, and
+    `segments` holds each half's own caption, questions and time span. The cut between the halves is not an
+    [`Event`]: the first half's objects simply vanish and the second half's come in, as `visibility` shows.
 
     Args:
         seed (`int`): Non-negative seed. The same seed gives unrelated content in [`generate_clip`].

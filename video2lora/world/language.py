@@ -211,12 +211,16 @@ def ask(scene: Scene, rng: np.random.Generator) -> list[QAItem]:
     for event in changes:
         shape = SHAPES[objects[event.object_index].shape]
         change_items.append(
-            QAItem(f"what colour does the {shape} turn?", COLOURS[event.colour], "colour_change", (event.object_index,))
+            QAItem(
+                f"what colour does the {shape} turn?", COLOURS[event.colour], "colour_change", (event.object_index,)
+            )
         )
     if len(changes) == 1:
         event = changes[0]
         change_items.append(
-            QAItem(WHICH_CHANGES_COLOUR, SHAPES[objects[event.object_index].shape], "colour_change", (event.object_index,))
+            QAItem(
+                WHICH_CHANGES_COLOUR, SHAPES[objects[event.object_index].shape], "colour_change", (event.object_index,)
+            )
         )
 
     return (

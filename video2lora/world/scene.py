@@ -34,21 +34,21 @@ __all__ = [
 ]
 
 # Vocabularies. Ids are positions in these tuples and are what the ground-truth arrays store.
-COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "cyan", "white")
+COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "white")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 # Id 0 is "no motion"; answers and captions call it "still".
 DIRECTIONS: tuple[str, ...] = ("still", "left", "right", "up", "down")
 EVENT_KINDS: tuple[str, ...] = ("appear", "disappear", "colour_change")
 
-# Saturated colours far apart in RGB (the closest pair, green and cyan, is still ~160 apart) so that lossy video
-# coding and a tiny vision tower cannot confuse them.
+# Saturated colours far apart in RGB (every pair at least 175 apart, red and yellow being the closest) and from the
+# background, so that lossy video coding and a tiny vision tower cannot confuse them.
 PALETTE: np.ndarray = np.array(
     [
         (225, 40, 40),  # red
         (40, 200, 60),  # green
         (50, 90, 240),  # blue
         (235, 215, 40),  # yellow
-        (40, 215, 225),  # cyan
+        (230, 60, 230),  # magenta
         (240, 240, 240),  # white
     ],
     dtype=np.uint8,
