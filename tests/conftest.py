@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+# Tiny models: with 2 threads on a shared 2-core machine, thread hand-offs cost more than the matmuls themselves.
+torch.set_num_threads(1)
+
 from configuration_video2lora import Video2LoRAConfig
 from modeling_video2lora import Video2LoRAModel
 from video2lora.tiny import build_processor, build_tokenizer, tiny_smolvlm_config

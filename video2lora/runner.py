@@ -267,7 +267,7 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
         adapter = internalize_video(model, video)
         prompts = [row["prompt"] for row in group]
         unseen = list(dict.fromkeys(prompt for prompt in prompts if prompt not in blind_cache))
-        blind_cache.update(zip(unseen, answer_with_adapter(model, None, unseen, **options)))
+        blind_cache.update(zip(unseen, answer_with_adapter(model, None, unseen, **options), strict=True))
         answers = {
             "base": answer_with_video(model, video, prompts, **options),
             "v2l": answer_with_adapter(model, adapter, prompts, **options),

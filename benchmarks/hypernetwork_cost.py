@@ -1,0 +1,248 @@
+"""Where adapter generation spends its time and memory: the frozen VLM's encode against the hypernetwork.
+
+Time (interleaved, per frame count):
+
+- `vision_tower`: the vision encoder + connector alone (`get_image_features`);
+- `vlm_forward`: `model.vlm.model` forward alone over the adapter context (frames + instruction), all layers;
+- `vlm_until_last_layer`: the same forward stopped where `encode_context` stops (at the last decoder layer's input),
+  so `encode_context - vlm_until_last_layer` is exactly the perceiver encoder's time;
+- `encode_context`: the VLM forward plus the perceiver encoder fed layer by layer from hooks;
+- `decode`: `hypernetwork.decode(latents)` (decoder block + LoRA heads), independent of the frame count;
+- `kv_prefix_build`: the KV-prefix build of the same video, the one-time cost adapter generation competes with.
+
+Memory (one fresh subprocess per frame count and mode, peak RSS above the RSS after loading, Linux `VmHWM` reset via
+`clear_refs`): `adapter` is `generate_adapter` (streaming: each layer's states go to the perceiver and are dropped)
+and `hidden_states` is what the published code holds, the stacked `[L, T, h]` states from `output_hidden_states`.
+
+Run: `python -m benchmarks.hypernetwork_cost --model tiny 500m` (about 8 minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import torch
+
+from benchmarks.common import (
+    REPO_ROOT,
+    BenchModel,
+    Case,
+    base_parser,
+    current_rss_bytes,
+    format_bytes,
+    format_table,
+    load_model,
+    machine_info,
+    make_frames,
+    peak_rss_bytes,
+    query_inputs,
+    ratio,
+    reset_peak_rss,
+    setup_run,
+    time_interleaved,
+    write_json,
+)
+from configuration_video2lora import Video2LoRAConfig
+from modeling_video2lora import Video2LoRAModel
+
+# Frame counts for timing and for memory, cut for the 500M architecture (a 16-frame round there takes ~3 minutes).
+SETTINGS = {
+    "tiny": dict(time_frames=[8, 32, 128, 512, 1024], memory_frames=[8, 32, 128, 512, 1024], repeats=3, warmup=1),
+    "500m": dict(time_frames=[8], memory_frames=[8, 16], repeats=2, warmup=0, image_size=256),
+    "quick": dict(time_frames=[2, 4], memory_frames=[2, 4], repeats=2, warmup=1),
+}
+MEMORY_MODES = ("adapter", "hidden_states")
+TARGET_GENERATION_OVER_KV = 1.2
+
+
+class _Stop(Exception):
+    pass
+
+
+def vlm_until_last_layer(bench: BenchModel, context: dict[str, torch.Tensor]) -> None:
+    """The VLM work `encode_context` does, without the perceiver: stop at the last decoder layer's input."""
+    def stop(module, args, kwargs):
+        raise _Stop
+
+    handle = bench.vlm.model.text_model.layers[-1].register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        bench.vlm.model(**context, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+
+
+def per_token_macs(bench: BenchModel, config: Video2LoRAConfig | None = None) -> dict[str, int]:
+    """Multiply-accumulates per context token and layer: the perceiver encoder against one decoder layer."""
+    config = config or bench.model.config
+    info = bench.describe()
+    h, inter, kv = info["hidden_size"], info["intermediate_size"], info["kv_heads"] * info["head_dim"]
+    projection = config.input_projection_size or inter
+    d = config.latent_size
+    return {
+        "decoder_layer": 2 * h * h + 2 * h * kv + 3 * h * inter,
+        "perceiver_input_projection": h * 2 * projection + projection * d,
+        "perceiver_context_kv": config.num_blocks * d * 2 * d,  # every block projects the whole context again
+    }
+
+
+def lighter_hypernetwork(bench: BenchModel, **overrides) -> Video2LoRAModel:
+    """A hypernetwork variant on the same frozen base (shared, not copied): for what-if timings only."""
+    values = {**bench.model.config.to_dict(), **overrides}
+    for key in ("base_config", "auto_map", "architectures", "transformers_version", "model_type"):
+        values.pop(key, None)
+    config = Video2LoRAConfig(base_config=bench.vlm.config, **values)
+    with torch.no_grad():
+        return Video2LoRAModel(config, vlm=bench.vlm).eval()
+
+
+def time_split(bench: BenchModel, num_frames: int, repeats: int, warmup: int, variants: dict) -> dict[str, Any]:
+    inputs = query_inputs(bench, num_frames)
+    context = inputs.context
+    pixels = {"pixel_values": context["pixel_values"], "pixel_attention_mask": context["pixel_attention_mask"]}
+    model = bench.model
+    with torch.inference_mode():
+        latents = model.encode_context(**context)
+    cases = {
+        "vision_tower": Case(lambda _: bench.vlm.model.get_image_features(**pixels)),
+        "vlm_forward": Case(lambda _: bench.vlm.model(**context, use_cache=False)),
+        "vlm_until_last_layer": Case(lambda _: vlm_until_last_layer(bench, context)),
+        "encode_context": Case(lambda _: model.encode_context(**context)),
+        "decode": Case(lambda _: model.hypernetwork.decode(latents)),
+        "kv_prefix_build": Case(lambda _: bench.vlm.model(input_ids=inputs.prefix_ids, **pixels, use_cache=True)),
+    }
+    for label, variant in variants.items():
+        cases[f"encode_context[{label}]"] = Case(lambda _, v=variant: v.encode_context(**context))
+    timings = time_interleaved(cases, repeats=repeats, warmup=warmup)
+    t = {name: timing.median for name, timing in timings.items()}
+    generation = t["encode_context"] + t["decode"]
+    perceiver = t["encode_context"] - t["vlm_until_last_layer"] + t["decode"]
+    return {
+        "frames": num_frames, "context_tokens": context["input_ids"].shape[1], "median_s": t,
+        "samples_s": {name: timing.to_dict()["samples_s"] for name, timing in timings.items()},
+        "adapter_generation_s": generation,
+        "vlm_share_of_generation": ratio(t["vlm_until_last_layer"], generation),
+        "hypernetwork_share_of_generation": ratio(perceiver, generation),
+        "generation_over_vlm_forward": ratio(generation, t["vlm_forward"]),
+        "generation_over_kv_prefix_build": ratio(generation, t["kv_prefix_build"]),
+        "variants_generation_over_kv_prefix_build": {
+            label: ratio(t[f"encode_context[{label}]"] + t["decode"], t["kv_prefix_build"]) for label in variants},
+    }
+
+
+# ---- memory ---------------------------------------------------------------------------------------------------------
+
+
+def memory_worker(name: str, num_frames: int, mode: str, image_size: int | None, threads: int) -> dict[str, Any]:
+    """Runs in a fresh process: peak RSS of one adapter generation (or one full-states capture) above the baseline."""
+    torch.set_num_threads(threads)
+    bench = load_model(name, image_size=image_size)
+    context = bench.processor.encode_videos([make_frames(num_frames, bench.image_size)],
+                                            bench.model.config.instruction)
+    baseline = current_rss_bytes()
+    resettable = reset_peak_rss()
+    with torch.inference_mode():
+        if mode == "adapter":
+            bench.model.generate_adapter(**context)
+        else:
+            # What the published code keeps: every layer's input, stacked [B, L, T, h] before the hypernetwork runs.
+            states = bench.vlm.model(**context, use_cache=False, output_hidden_states=True).hidden_states
+            torch.stack(states[:-1], dim=1)
+    return {"frames": num_frames, "mode": mode, "context_tokens": context["input_ids"].shape[1],
+            "baseline_rss_bytes": baseline, "peak_rss_bytes": peak_rss_bytes(),
+            "peak_above_baseline_bytes": peak_rss_bytes() - baseline, "peak_reset": resettable}
+
+
+def measure_memory(name: str, frame_counts: list[int], image_size: int | None, threads: int) -> list[dict[str, Any]]:
+    rows = []
+    for num_frames in frame_counts:
+        for mode in MEMORY_MODES:
+            command = [sys.executable, "-m", "benchmarks.hypernetwork_cost", "--memory-worker", mode, "--model", name,
+                       "--frames", str(num_frames), "--threads", str(threads)]
+            if image_size:
+                command += ["--image-size", str(image_size)]
+            done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+            if done.returncode != 0:
+                raise RuntimeError(f"memory worker failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  {name} memory {mode:>13} {num_frames:>5} frames: peak +"
+                  f"{format_bytes(rows[-1]['peak_above_baseline_bytes'])}", flush=True)
+    return rows
+
+
+# ---- driver ---------------------------------------------------------------------------------------------------------
+
+
+def run_model(name: str, args) -> dict[str, Any]:
+    settings = SETTINGS[name]
+    image_size = settings.get("image_size")
+    bench = load_model(name, image_size=image_size)
+    # What-if: the input projection narrowed to the latent width (the published one is as wide as the base's MLP).
+    variants = {"input_projection_size=latent_size": lighter_hypernetwork(
+        bench, input_projection_size=bench.model.config.latent_size)} if name != "quick" else {}
+    repeats = args.repeats or settings["repeats"]
+    timing_rows = []
+    for num_frames in args.frames or settings["time_frames"]:
+        row = time_split(bench, num_frames, repeats, settings["warmup"], variants)
+        timing_rows.append(row)
+        print(f"  {name} {num_frames:>5} frames: generation {row['adapter_generation_s'] * 1e3:9.1f} ms, VLM share "
+              f"{row['vlm_share_of_generation']:.2f}, hypernetwork share {row['hypernetwork_share_of_generation']:.2f}"
+              f", generation / KV build {row['generation_over_kv_prefix_build']:.2f}x", flush=True)
+    del bench, variants
+    memory_rows = measure_memory(name, args.frames or settings["memory_frames"], image_size, args.threads)
+    probe = load_model("quick") if name == "quick" else None
+    macs = per_token_macs(probe or load_model(name, image_size=image_size))
+    worst = max(row["generation_over_kv_prefix_build"] for row in timing_rows)
+    result = {
+        "benchmark": "hypernetwork_cost", "model": None, "machine": machine_info(), "repeats": repeats,
+        "image_size": image_size, "timing": timing_rows, "memory": memory_rows, "macs_per_token_per_layer": macs,
+        "summary": {"max_generation_over_kv_prefix_build": worst, "target": TARGET_GENERATION_OVER_KV,
+                    "target_holds": worst <= TARGET_GENERATION_OVER_KV},
+    }
+    result["model"] = load_model(name, image_size=image_size).describe() if name != "quick" else probe.describe()
+    print(f"\nAdapter generation split, {name} ({result['model']['weights']})")
+    print(format_table(
+        ["frames", "ctx tokens", "vision ms", "VLM fwd ms", "VLM part ms", "perceiver enc ms", "decode ms",
+         "gen ms", "KV build ms", "gen/KV", "HN share"],
+        [[r["frames"], r["context_tokens"], 1e3 * r["median_s"]["vision_tower"], 1e3 * r["median_s"]["vlm_forward"],
+          1e3 * r["median_s"]["vlm_until_last_layer"],
+          1e3 * (r["median_s"]["encode_context"] - r["median_s"]["vlm_until_last_layer"]),
+          1e3 * r["median_s"]["decode"], 1e3 * r["adapter_generation_s"], 1e3 * r["median_s"]["kv_prefix_build"],
+          r["generation_over_kv_prefix_build"], r["hypernetwork_share_of_generation"]] for r in timing_rows]))
+    print(f"MACs per context token per layer: {macs}")
+    by_frames: dict[int, dict[str, int]] = {}
+    for row in memory_rows:
+        by_frames.setdefault(row["frames"], {})[row["mode"]] = row["peak_above_baseline_bytes"]
+    print(format_table(["frames", "adapter generation peak", "published [L, T, h] capture peak"],
+                       [[f, format_bytes(m["adapter"]), format_bytes(m["hidden_states"])]
+                        for f, m in sorted(by_frames.items())]))
+    write_json(args.output_dir / f"hypernetwork_cost_{name}.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.split("\n\n")[0], default_models=("tiny", "500m"))
+    parser.add_argument("--frames", type=int, nargs="+", help="override the frame counts (timing and memory)")
+    parser.add_argument("--memory-worker", choices=MEMORY_MODES, help=argparse_hidden())
+    parser.add_argument("--image-size", type=int, default=None, help=argparse_hidden())
+    args = parser.parse_args(argv)
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args.model[0], args.frames[0], args.memory_worker, args.image_size,
+                                       args.threads)))
+        return
+    for name in setup_run(args):
+        run_model(name, args)
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()

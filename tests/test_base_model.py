@@ -1,0 +1,212 @@
+"""The embedded default's frozen base: inputs, auxiliary labels, training, checkpoints, export and its quality."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import SmolVLMForConditionalGeneration
+
+from processing_video2lora import Video2LoRAProcessor
+from video2lora.world import COLOURS, QUESTION_TYPES, SHAPES, generate_clip
+from video2lora.world.base_model import (
+    WORLD_OPTIONS,
+    AuxiliaryHeads,
+    BaseTrainingArguments,
+    PromptEncoder,
+    assert_fast_pixels_match,
+    build_base,
+    clip_video,
+    evaluate_base,
+    export_base,
+    fast_pixel_values,
+    load_training_checkpoint,
+    make_batch,
+    save_training_checkpoint,
+    token_labels,
+    train_base,
+    training_losses,
+)
+
+EMBEDDED = Path(__file__).resolve().parents[1] / "checkpoints" / "smolvlm-world"
+# A micro version of the recipe: same patch 4 / pixel-shuffle 4 layout (16 tokens per frame), far fewer weights.
+MICRO = dict(vision_hidden=16, vision_layers=1, text_hidden=32, text_layers=2, text_heads=2)
+
+
+@pytest.fixture(scope="module")
+def micro():
+    torch.manual_seed(0)
+    return build_base(tokenizer_clips=20, **MICRO)
+
+
+def micro_batch(processor, seeds=range(4), questions=3):
+    clips = [generate_clip(seed, **WORLD_OPTIONS) for seed in seeds]
+    _, timestamps, duration = clip_video(clips[0])
+    encoder = PromptEncoder(processor, len(timestamps), timestamps, duration)
+    return make_batch(clips, encoder, np.random.default_rng(0), questions, 0.5, grid=4)
+
+
+def test_fast_pixels_equal_image_processor(micro):
+    _, processor = micro
+    frames, _, _ = clip_video(generate_clip(3, **WORLD_OPTIONS))
+    reference = processor.image_processor([list(frames)], do_image_splitting=False, return_tensors="pt")
+    torch.testing.assert_close(fast_pixel_values(frames), reference["pixel_values"][0], atol=1e-6, rtol=0)
+    assert_fast_pixels_match(processor, frames)
+
+
+def test_batch_answers_follow_the_prompt_layout(micro):
+    _, processor = micro
+    batch = micro_batch(processor)
+    tokenizer = processor.tokenizer
+    ids = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
+    text = tokenizer.decode(ids)
+    # The cached pieces, concatenated, tokenize exactly like the whole string.
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+    # The first turn is the processor's own single-question video prompt.
+    clip = generate_clip(0, **WORLD_OPTIONS)
+    first_question = min((item.question for item in clip.qa if item.question in text), key=text.index)
+    frames, timestamps, duration = clip_video(clip)
+    reference = processor.encode_videos([frames], first_question, timestamps=[timestamps], durations=[duration])
+    assert ids[: reference["input_ids"].shape[1]] == reference["input_ids"][0].tolist()
+    assert (batch.input_ids == processor.image_token_id).sum(1).tolist() == [4 * 16] * 4
+    # Every supervised answer ends with <end_of_utterance>.
+    eou = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    assert int((batch.labels[0] == eou).sum()) >= 2
+
+
+def test_a_few_steps_reduce_the_loss(micro):
+    model, processor = micro
+    model = SmolVLMForConditionalGeneration(model.config)  # fresh weights, the fixture stays untouched
+    model.train()
+    heads = AuxiliaryHeads(model.config.text_config.hidden_size, WORLD_OPTIONS["num_steps"])
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=3e-3)
+    batch = micro_batch(processor)
+    args = BaseTrainingArguments()
+    losses = []
+    for _ in range(12):
+        loss = training_losses(model, heads, batch, args)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def _clip_with(colour: str, shape: str) -> tuple:
+    for seed in range(500):
+        clip = generate_clip(seed, **WORLD_OPTIONS)
+        for index, obj in enumerate(clip.objects):
+            if COLOURS[obj.colours[0]] == colour and SHAPES[obj.shape] == shape and obj.visible[0]:
+                return clip, index
+    raise AssertionError(f"no {colour} {shape} in the first 500 clips")
+
+
+def test_aux_labels_line_up_with_object_maps():
+    clip, index = _clip_with("red", "square")
+    frames = clip.step_centre_frames
+    labels = token_labels(clip, frames, grid=4)
+    # The token whose 16 x 16 block holds most of the square at the first frame.
+    blocks = clip.object_maps[frames[0]].reshape(4, 16, 4, 16).transpose(0, 2, 1, 3).reshape(16, -1)
+    token = int((blocks == index).sum(1).argmax())
+    assert labels["colour"][0, token] == COLOURS.index("red")
+    assert labels["shape"][0, token] == SHAPES.index("square")
+    assert labels["direction"][0, token] == clip.objects[index].direction
+    empty = np.flatnonzero((blocks >= 0).sum(1) == 0)
+    assert len(empty) and (labels["colour"][0, empty] == len(COLOURS)).all()
+    assert (labels["shape"][0, empty] == len(SHAPES)).all()
+    assert (labels["direction"][0, empty] == -100).all()
+
+
+def test_token_order_matches_pixel_shuffle(micro):
+    """Token t of a frame must come from pixel block t (row-major), which is what `token_labels` assumes."""
+    model, _ = micro
+    side, scale = 16, 4  # 16 x 16 patches, pixel-shuffle 4
+    patches = torch.arange(side * side, dtype=torch.float32).reshape(1, side * side, 1)
+    shuffled = model.model.connector.pixel_shuffle(patches, scale)[0]  # [16 tokens, 16 patches]
+    for token in range(16):
+        rows, cols = shuffled[token].long() // side, shuffled[token].long() % side
+        assert set((rows // scale).tolist()) == {token // 4} and set((cols // scale).tolist()) == {token % 4}
+
+
+def test_checkpoint_roundtrip_and_resume(tmp_path):
+    args = BaseTrainingArguments(output_dir=str(tmp_path / "run"), minutes=5, max_steps=2, vision_warmup_steps=1,
+                                 batch_clips=2, questions_per_clip=2, num_validation_clips=1, tokenizer_clips=20,
+                                 architecture=dict(MICRO, image_size=64, patch_size=4, scale_factor=4))
+    model, processor, _ = train_base(args)
+    checkpoint = tmp_path / "run" / "last-checkpoint"
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in os.listdir(checkpoint))
+    loaded, _, state = load_training_checkpoint(str(checkpoint))
+    assert state["step"] == 2
+    for (name, value), (_, other) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        torch.testing.assert_close(value, other, rtol=0, atol=0, msg=name)
+    assert load_file(str(checkpoint / "optimizer.safetensors"))  # Adam moments are stored as tensors
+
+    # Resuming restores everything and continues the step count.
+    args.max_steps = 3
+    resumed, _, _ = train_base(args, resume=True)
+    with open(checkpoint / "trainer_state.json") as handle:
+        assert json.load(handle)["step"] == 3
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters(), strict=True))
+
+
+def test_save_and_load_restore_optimizer_and_rng(micro, tmp_path):
+    model, processor = micro
+    heads = AuxiliaryHeads(model.config.text_config.hidden_size, 4)
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=1e-3)
+    model.train()
+    loss = training_losses(model, heads, micro_batch(processor, range(2), 2), BaseTrainingArguments())["loss"]
+    loss.backward()
+    optimizer.step()
+    rng = np.random.default_rng(5)
+    path = save_training_checkpoint(str(tmp_path), model, processor, heads, optimizer, {"elapsed_s": 1.0,
+                                    "total_s": 9.0}, 7, rng, BaseTrainingArguments())
+    _, _, state = load_training_checkpoint(path)
+    assert state["step"] == 7 and state["scheduler"] == {"elapsed_s": 1.0, "total_s": 9.0}
+    restored = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=1e-3)
+    restored.load_state_dict(state["optimizer"])
+    for key, value in optimizer.state_dict()["state"].items():
+        for name, tensor in value.items():
+            torch.testing.assert_close(restored.state_dict()["state"][key][name], tensor)
+    copy = np.random.default_rng(0)
+    copy.bit_generator.state = state["numpy_rng"]
+    assert copy.integers(1 << 30) == rng.integers(1 << 30)
+    for name, tensor in heads.state_dict().items():
+        torch.testing.assert_close(state["aux_heads"][name], tensor)
+
+
+def test_export_loads_offline_and_generates(micro, tmp_path):
+    model, processor = micro
+    export_base(model, processor, str(tmp_path / "base"))
+    folder = tmp_path / "base"
+    for name in ("model.safetensors", "config.json", "generation_config.json", "README.md", "tokenizer.json"):
+        assert (folder / name).is_file(), name
+    assert "library_name: transformers" in (folder / "README.md").read_text()
+    loaded = SmolVLMForConditionalGeneration.from_pretrained(folder)
+    loaded_processor = Video2LoRAProcessor.from_pretrained(folder)
+    assert loaded.generation_config.eos_token_id == loaded_processor.tokenizer.convert_tokens_to_ids(
+        "<end_of_utterance>"
+    )
+    frames, timestamps, duration = clip_video(generate_clip(1, **WORLD_OPTIONS))
+    inputs = loaded_processor.encode_videos([frames], "what colour is the square?", timestamps=[timestamps],
+                                            durations=[duration])
+    output = loaded.generate(**inputs, max_new_tokens=3)
+    assert output.shape[1] > inputs["input_ids"].shape[1]
+    scores = evaluate_base(loaded, loaded_processor, [1_000_000])
+    assert set(scores) == {"video", "blind", "num_items"}
+
+
+def test_embedded_base_meets_targets():
+    eval_path = EMBEDDED / "eval.json"
+    if not eval_path.is_file():
+        if os.environ.get("REQUIRE_EMBEDDED") == "1":
+            pytest.fail(f"{eval_path} is missing; train it with `python -m video2lora.world.base_model`")
+        pytest.skip(f"{eval_path} not built yet (set REQUIRE_EMBEDDED=1 to make this an error)")
+    assert (EMBEDDED / "model.safetensors").stat().st_size < 10 * 2**20
+    result = json.loads(eval_path.read_text())
+    assert result["split"] == "test" and result["num_items"]["overall"] >= 500
+    for kind in QUESTION_TYPES:
+        assert result["video"][kind] >= 0.9, (kind, result["video"][kind])
+        assert result["video"][kind] - result["blind"][kind] >= 0.3, (kind, result["video"][kind])

@@ -1,0 +1,339 @@
+"""The `video2lora` command line, run in-process against a tiny random Video2LoRA model and generated world clips."""
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from configuration_video2lora import Video2LoRAConfig
+from modeling_video2lora import Video2LoRAAdapter, Video2LoRAModel
+from tests.conftest import TINY_HYPERNETWORK, perturb_
+from video2lora import runner
+from video2lora.cli import main
+from video2lora.data import read_manifest
+from video2lora.tiny import build_processor, tiny_smolvlm_config, tokens_per_frame
+from video2lora.video import read_video, write_video
+from video2lora.world import generate_clip, split_seeds, write_world
+
+MAX_NEW_TOKENS = "3"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`main(argv)` in-process: (exit status, stdout, stderr). argparse errors exit through SystemExit."""
+    capsys.readouterr()  # drop anything printed before
+    try:
+        code = main([str(arg) for arg in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    assert "Traceback" not in err
+    # Library progress bars may share stderr (model loading); the error itself is exactly one line, the last.
+    errors = [line for line in err.splitlines() if line.startswith("video2lora: error:")]
+    assert len(errors) == 1 and err.rstrip().splitlines()[-1] == errors[0], err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The models here are tiny: with two threads on a shared, loaded CPU a matmul can be 100x slower than with one.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Two held-out world clips as MP4 files plus their manifest (one caption row and several questions each)."""
+    root = tmp_path_factory.mktemp("world")
+    manifest = write_world(root, split="test", num_clips=2, progress=False)
+    return manifest, sorted((root / "videos" / "test").glob("*.mp4"))
+
+
+@pytest.fixture
+def model(make_model):
+    model = make_model()
+    perturb_(model)  # an untrained hypernetwork emits a no-op adapter: V2L would equal Blind
+    return model
+
+
+@pytest.fixture
+def model_dir(model, tmp_path):
+    path = tmp_path / "model"
+    model.save_pretrained(path)
+    return path
+
+
+def v2l_answer(model, video_path, question):
+    """The answer the CLI must print: the adapter of the same frames, the same greedy decoding."""
+    video = read_video(video_path, num_frames=model.config.num_frames, max_edge=model.config.frame_size)
+    adapter = model.internalize(video.frames, timestamps=video.timestamps, duration=video.duration)
+    return model.answer(adapter, question, max_new_tokens=int(MAX_NEW_TOKENS))
+
+
+def test_internalize_writes_peft_folder_and_provenance(capsys, model, model_dir, world, tmp_path):
+    video_path = world[1][0]
+    out = tmp_path / "adapter"
+    code, stdout, _ = run_cli(capsys, "internalize", video_path, "-o", out, "--model", model_dir)
+    assert code == 0 and "internalized 4 frames" in stdout
+    assert {"adapter_config.json", "adapter_model.safetensors", "video2lora.json"} <= {p.name for p in out.iterdir()}
+
+    record = json.loads((out / "video2lora.json").read_text())
+    assert record["video"]["sha256"] == hashlib.sha256(video_path.read_bytes()).hexdigest()
+    assert record["frames"]["count"] == model.config.num_frames == len(record["frames"]["timestamps"])
+    assert record["model"]["name_or_path"] == str(model_dir)
+    assert record["base"]["fingerprint"] == model.fingerprint
+    assert record["created_at"].endswith("+00:00")
+
+    # The folder holds exactly the adapter of those frames, and is a valid PEFT LoRA.
+    adapter = Video2LoRAAdapter.from_pretrained(out)
+    video = read_video(video_path, num_frames=4, max_edge=model.config.frame_size)
+    assert record["frames"]["timestamps"] == video.timestamps
+    expected = model.internalize(video.frames, timestamps=video.timestamps, duration=video.duration)
+    for name in expected.lora_A:
+        torch.testing.assert_close(adapter.lora_A[name], expected.lora_A[name])
+        torch.testing.assert_close(adapter.scaled_B()[name], expected.scaled_B()[name])
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    try:
+        import video2lora.cards  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        assert (out / "README.md").read_text().startswith("---")
+
+
+def test_internalize_span_and_num_frames(capsys, model_dir, world, tmp_path):
+    out = tmp_path / "adapter"
+    code, _, _ = run_cli(capsys, "internalize", world[1][0], "-o", out, "--model", model_dir, "--num_frames", "2",
+                         "--start", "0.5", "--end", "1.5")
+    assert code == 0
+    frames = json.loads((out / "video2lora.json").read_text())["frames"]
+    assert frames["count"] == 2 and frames["span"] == [0.5, 1.5]
+    assert frames["duration"] == pytest.approx(1.0)
+    assert all(0 <= t < 1.0 for t in frames["timestamps"])
+
+
+def test_ask_with_video_and_with_adapter_dir(capsys, model, model_dir, world, tmp_path):
+    video_path, question = world[1][0], "what colour is the square?"
+    expected = v2l_answer(model, video_path, question)
+
+    code, from_video, _ = run_cli(capsys, "ask", video_path, question, "which way?", "--model", model_dir,
+                                  "--max_new_tokens", MAX_NEW_TOKENS)
+    assert code == 0
+    assert from_video.count("Q: ") == 2 and "Base" not in from_video
+    answers = re.findall(r"V2L .*?s\): (.*)", from_video)
+    assert answers[0] == expected
+
+    assert run_cli(capsys, "internalize", video_path, "-o", tmp_path / "adapter", "--model", model_dir)[0] == 0
+    code, from_adapter, _ = run_cli(capsys, "ask", tmp_path / "adapter", question, "--model", model_dir,
+                                    "--max_new_tokens", MAX_NEW_TOKENS)
+    assert code == 0
+    assert re.findall(r"V2L .*?s\): (.*)", from_adapter) == [expected]
+
+
+def test_ask_compare_reports_visual_tokens_and_timings(capsys, model, model_dir, base_config, world):
+    code, out, _ = run_cli(capsys, "ask", world[1][1], "how many objects are there?", "--compare", "--model",
+                           model_dir, "--max_new_tokens", MAX_NEW_TOKENS)
+    assert code == 0
+    v2l = re.search(r"V2L +\( *(\d+) visual tokens, +([\d.]+) s\)", out)
+    base = re.search(r"Base +\( *(\d+) visual tokens, +([\d.]+) s\)", out)
+    assert v2l and base, out
+    assert int(v2l[1]) == 0
+    assert int(base[1]) == model.config.num_frames * tokens_per_frame(base_config) > 0
+    assert float(base[2]) > 0 and float(v2l[2]) > 0
+
+
+def test_demo_prints_table_and_summary(capsys, model_dir):
+    code, out, _ = run_cli(capsys, "demo", "--model", model_dir, "--seed", "3", "--compare",
+                           "--max_new_tokens", MAX_NEW_TOKENS)
+    assert code == 0
+    clip = generate_clip(split_seeds("test", 1, offset=3)[0])
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert "V2L (0 visual tokens)" in table[0] and "Base (64 visual tokens)" in table[0]
+    assert len(table) == 1 + 1 + len(clip.qa)  # header, caption row, one row per question
+    for item, line in zip(clip.qa, table[2:], strict=True):
+        assert item.question in line and f"| {item.answer} " in line
+    assert re.search(rf"exact match on {len(clip.qa)} questions: V2L \d+, Base \d+", out)
+
+
+def test_eval_writes_summary_records_and_report(capsys, model, model_dir, world, tmp_path, monkeypatch):
+    manifest, videos = world
+    calls = []
+    original = Video2LoRAModel.internalize
+    monkeypatch.setattr(Video2LoRAModel, "internalize", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    out = tmp_path / "eval"
+    code, stdout, _ = run_cli(capsys, "eval", "--manifest", manifest, "--model", model_dir, "--output_dir", out,
+                              "--max_new_tokens", MAX_NEW_TOKENS, "--num_resamples", "200", "--margins",
+                              "token_f1=0.1")
+    assert code == 0
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert len(calls) == len(videos) == 2  # one adapter per video, reused for all of its questions
+
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [row["id"] for row in rows]
+    for record in records:
+        assert set(record["scores"]) == set(record["answers"]) == {"base", "v2l", "blind"}
+        assert record["visual_tokens"]["v2l"] == 0 < record["visual_tokens"]["base"]
+    qa = next(r for r in records if r["task_type"] == "qa")
+    assert qa["answers"]["v2l"] == v2l_answer(model, qa["video_path"], qa["prompt"])
+    assert qa["answers"]["blind"] == model.answer(None, qa["prompt"], max_new_tokens=int(MAX_NEW_TOKENS))
+
+    summary = json.loads((out / "summary.json").read_text())
+    question_types = {row["metadata"]["question_type"] for row in rows if row["task_type"] == "qa"}
+    assert {"overall", "caption", "qa", *(f"qa/{t}" for t in question_types)} == set(summary["groups"])
+    assert summary["margins"]["token_f1"] == 0.1
+    assert set(summary["groups"]["qa"]["metrics"]["exact_match"]["means"]) == {"blind", "base", "v2l"}
+    report = (out / "report.md").read_text()
+    assert report.strip() in stdout and "### token_f1" in report and "| qa/count |" in report
+
+
+def test_eval_max_rows_and_judge(capsys, model_dir, world, tokenizer, tmp_path):
+    judge = tmp_path / "judge"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                 pad_token_id=tokenizer.pad_token_id)).save_pretrained(judge)
+    tokenizer.save_pretrained(judge)
+    code, _, _ = run_cli(capsys, "eval", "--manifest", world[0], "--model", model_dir, "--max_rows", "3",
+                         "--judge", judge, "--output_dir", tmp_path / "eval", "--max_new_tokens", MAX_NEW_TOKENS,
+                         "--num_resamples", "100")
+    assert code == 0
+    records = [json.loads(line) for line in (tmp_path / "eval" / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    assert all("judge" in record["scores"][system] for record in records for system in ("base", "v2l", "blind"))
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["judge"]["answers"] == 9
+
+
+def test_rows_group_by_video_and_span(world):
+    manifest, videos = world
+    rows = read_manifest(manifest).rows
+    first, second = str(videos[0]), str(videos[1])
+    on_first = sum(row["video_path"] == first for row in rows)
+    halves = [{**rows[0], "id": "a", "span": [0.0, 1.0]}, {**rows[1], "id": "b", "span": [0, 1]},
+              {**rows[0], "id": "c", "span": [1.0, 2.0]}]
+    groups = runner.group_by_video(rows + halves)
+    assert [key for key, _ in groups] == [(first, None), (second, None), (first, (0.0, 1.0)), (first, (1.0, 2.0))]
+    assert [len(group) for _, group in groups] == [on_first, len(rows) - on_first, 2, 1]
+    video = runner.read_row_video(halves[2], num_frames=2, max_edge=None)
+    assert video.duration == pytest.approx(1.0) and video.num_frames == 2
+
+
+# ---- user errors: one line on stderr, exit status 2, no traceback ---------------------------------------------------
+
+
+def test_corrupt_and_missing_videos(capsys, model_dir, tmp_path):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    code, _, err = run_cli(capsys, "internalize", corrupt, "-o", tmp_path / "a", "--model", model_dir)
+    assert_one_line_error(code, err, "cannot read video", "corrupt.mp4")
+    assert not (tmp_path / "a").exists()
+
+    code, _, err = run_cli(capsys, "ask", tmp_path / "missing.mp4", "what?", "--model", model_dir)
+    assert_one_line_error(code, err, "missing.mp4", "does not exist")
+
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli(capsys, "internalize", corrupt, "-o", tmp_path / "file", "--model", model_dir)
+    assert_one_line_error(code, err, "is a file")
+
+
+def test_span_past_the_end_is_a_user_error(capsys, model_dir, world, tmp_path):
+    code, _, err = run_cli(capsys, "internalize", world[1][0], "-o", tmp_path / "a", "--model", model_dir,
+                           "--start", "50")
+    assert_one_line_error(code, err, "span start")
+
+
+def test_adapter_for_another_base(capsys, tokenizer, model_dir, world, tmp_path):
+    # A different text decoder (hidden 32, not 64): its adapters must be refused, not silently misapplied.
+    other_base = tiny_smolvlm_config(tokenizer, text_hidden=32)
+    other = Video2LoRAModel(Video2LoRAConfig(base_config=other_base, **TINY_HYPERNETWORK),
+                            processor=build_processor(tokenizer, other_base)).eval()
+    other.save_pretrained(tmp_path / "other")
+    assert run_cli(capsys, "internalize", world[1][0], "-o", tmp_path / "adapter", "--model", tmp_path / "other")[0] == 0
+    code, _, err = run_cli(capsys, "ask", tmp_path / "adapter", "what?", "--model", model_dir)
+    assert_one_line_error(code, err, "Internalize the video again")
+
+
+def test_not_an_adapter_folder_and_compare_without_video(capsys, model_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "ask", tmp_path / "empty", "what?", "--model", model_dir)
+    assert_one_line_error(code, err, "is not an adapter folder")
+    code, _, err = run_cli(capsys, "ask", tmp_path / "empty", "what?", "--compare", "--model", model_dir)
+    assert_one_line_error(code, err, "--compare needs the video")
+
+
+def test_bad_manifest_row(capsys, model_dir, world, tmp_path):
+    manifest = tmp_path / "bad.jsonl"
+    good = world[0].read_text().splitlines()[0]
+    manifest.write_text(good + "\n" + '{"id": "x", "video_path": "v.mp4", "task_type": "poem"}\n')
+    code, _, err = run_cli(capsys, "eval", "--manifest", manifest, "--model", model_dir, "--output_dir", tmp_path)
+    assert_one_line_error(code, err, f"{manifest}:2:")
+    assert not (tmp_path / "summary.json").exists()
+
+    code, _, err = run_cli(capsys, "eval", "--manifest", tmp_path / "nope.jsonl", "--model", model_dir)
+    assert_one_line_error(code, err, "manifest file does not exist")
+
+
+def test_eval_checks_videos_and_judge_before_loading_the_model(capsys, world, tmp_path):
+    row = json.loads(world[0].read_text().splitlines()[0])
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({**row, "video_path": "gone.mp4"}) + "\n")
+    code, _, err = run_cli(capsys, "eval", "--manifest", manifest, "--model", tmp_path / "no-model")
+    assert_one_line_error(code, err, "gone.mp4")
+    code, _, err = run_cli(capsys, "eval", "--manifest", world[0], "--model", tmp_path / "no-model", "--judge",
+                           tmp_path / "no-judge")
+    assert_one_line_error(code, err, "--judge", "no-judge")
+
+
+def test_missing_models(capsys, world, tmp_path, monkeypatch):
+    video = world[1][0]
+    code, _, err = run_cli(capsys, "ask", video, "what?", "--model", tmp_path / "no-model")
+    assert_one_line_error(code, err, "cannot load model", "no-model")
+    # The embedded default is resolved from the package, whatever the working directory.
+    assert runner.DEFAULT_MODEL_PATH.is_absolute() and runner.DEFAULT_MODEL_PATH.name == "video2lora-world"
+    monkeypatch.setattr(runner, "DEFAULT_MODEL_PATH", tmp_path / "checkpoints" / "video2lora-world")
+    code, _, err = run_cli(capsys, "ask", video, "what?")
+    assert_one_line_error(code, err, "embedded default model is not installed", "--model")
+
+
+def test_bad_arguments_exit_2(capsys):
+    code, _, err = run_cli(capsys, "eval", "--manifest", "m.jsonl", "--margins", "token_f1")
+    assert code == 2 and "METRIC=VALUE" in err
+    code, _, _ = run_cli(capsys, "demo", "--seed", "-1", "--model", "x")
+    assert code == 2
+
+
+def test_parsing_does_not_import_transformers():
+    # HF_HUB_OFFLINE is set after parsing and must be seen by huggingface_hub, so parsing may not import it.
+    script = ("import sys; from video2lora.cli import build_parser; "
+              "build_parser().parse_args(['ask', 'v.mp4', 'q']); "
+              "print(sorted(m for m in ('transformers', 'huggingface_hub', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_printed_answers_never_carry_control_characters(capsys, model_dir, world, monkeypatch):
+    monkeypatch.setattr(runner, "answer_with_adapter", lambda *a, **k: ["red\x1b[2J\x07"])
+    code, out, _ = run_cli(capsys, "ask", world[1][0], "what?", "--model", model_dir)
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and "red" in out
+
+
+def test_write_video_round_trip_feeds_internalize(capsys, model_dir, tmp_path):
+    # A user's own video (not from the world): odd size, another container.
+    frames = np.random.default_rng(0).integers(1, 256, (6, 33, 47, 3), dtype=np.uint8)
+    write_video(tmp_path / "mine.mkv", frames, fps=3.0)
+    code, out, _ = run_cli(capsys, "internalize", tmp_path / "mine.mkv", "-o", tmp_path / "a", "--model", model_dir)
+    assert code == 0 and "internalized 4 frames" in out

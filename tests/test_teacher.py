@@ -1,0 +1,146 @@
+"""Teacher targets on a tiny random SmolVLM over real world clips: format, resume, sharding and bad rows."""
+
+import json
+
+import pytest
+import torch
+from transformers import SmolVLMForConditionalGeneration
+
+from video2lora.data import ManifestError, read_manifest, write_manifest
+from video2lora.teacher import _part_paths, generate_teacher_targets, load_teacher, main
+from video2lora.world import write_world
+
+GENERATION = dict(num_frames=4, frame_size=64, batch_size=2, max_new_tokens=4, top_k_logprobs=3, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny matmuls on a shared 2-core machine: a second OpenMP thread only adds spin-waiting.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, base_config, processor):
+    """A saved tiny base and a manifest of 6 good rows (2 clips) plus 3 bad ones at known lines."""
+    root = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    SmolVLMForConditionalGeneration(base_config).save_pretrained(root / "base")
+    processor.save_pretrained(root / "base")
+    world = write_world(root, split="train", num_clips=2, progress=False)
+    rows = [json.loads(line) for line in world.read_text().splitlines()]
+    first, second = [r for r in rows if "0000000" in r["id"]][:3], [r for r in rows if "0000001" in r["id"]][:3]
+    missing = {**first[0], "id": "missing-video", "video_path": "videos/train/nope.mp4"}
+    unknown_task = {**first[1], "id": "bad-task", "task_type": "poem"}
+    lines = [json.dumps(r) for r in first[:2]] + ["{not json"] + [json.dumps(r) for r in (first[2], missing)]
+    lines += [json.dumps(r) for r in second] + [json.dumps(unknown_task)]
+    manifest = root / "in.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    vlm, teacher_processor, _ = load_teacher(root / "base")
+    good_ids = [r["id"] for r in first + second]
+    # 1-based lines: bad JSON on 3, missing video on 5, unknown task type on 9.
+    return {"root": root, "manifest": manifest, "vlm": vlm, "processor": teacher_processor, "good_ids": good_ids,
+            "bad_lines": [3, 5, 9], "references": {r["id"]: r["target_text"] for r in first + second}}
+
+
+@pytest.fixture(scope="module")
+def reference_output(setup):
+    """One uninterrupted run, through the command line."""
+    output = setup["root"] / "reference.jsonl"
+    report = main(["--model", str(setup["root"] / "base"), "--manifest", str(setup["manifest"]),
+                   "--output", str(output), "--num_frames", "4", "--frame_size", "64", "--batch_size", "2",
+                   "--max_new_tokens", "4", "--top_k_logprobs", "3", "--no_progress"])
+    return output, report
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_teacher_writes_a_well_formed_manifest(setup, reference_output):
+    output, report = reference_output
+    rows = _rows(output)
+    assert [r["id"] for r in rows] == setup["good_ids"]  # manifest order, bad rows left out
+    assert sorted(line for line, _ in report.bad_rows) == setup["bad_lines"]
+    assert any("nope.mp4" in reason for _, reason in report.bad_rows)
+    assert not _part_paths(output)  # finalized: no part files left behind
+    # The output is itself a valid manifest with targets, its videos resolving against the same root.
+    assert len(read_manifest(output, data_root=setup["root"], check_files=True).rows) == len(rows)
+    for row in rows:
+        assert row["target_text"].strip() and row["reference_text"] == setup["references"][row["id"]]
+        logprobs = row["teacher_logprobs"]
+        steps = len(logprobs["token_ids"])
+        assert 1 <= steps <= 4 and len(logprobs["top_ids"]) == len(logprobs["top_logprobs"]) == steps
+        for step, token in enumerate(logprobs["token_ids"]):
+            # Greedy: every generated token is the teacher's top-1, and the top-k are sorted log-probs.
+            assert logprobs["top_ids"][step][0] == token
+            values = logprobs["top_logprobs"][step]
+            assert len(values) == 3 and values == sorted(values, reverse=True) and values[0] <= 0
+        decoded = setup["processor"].tokenizer.decode(logprobs["token_ids"], skip_special_tokens=True).strip()
+        assert decoded == row["target_text"]
+
+
+def _same_manifest(a, b):
+    assert [r["id"] for r in a] == [r["id"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert x["target_text"] == y["target_text"]
+        assert x["teacher_logprobs"]["token_ids"] == y["teacher_logprobs"]["token_ids"]
+        assert torch.allclose(torch.tensor(x["teacher_logprobs"]["top_logprobs"]),
+                              torch.tensor(y["teacher_logprobs"]["top_logprobs"]), atol=2e-4)
+
+
+def test_interrupted_run_resumes_to_the_same_manifest(setup, reference_output):
+    output = setup["root"] / "resumed.jsonl"
+
+    def interrupt(done):
+        raise KeyboardInterrupt  # as if the job were killed right after the first batch reached disk
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_teacher_targets(setup["vlm"], setup["processor"], setup["manifest"], output,
+                                 on_batch_end=interrupt, **GENERATION)
+    assert not output.exists()  # never a half-written output manifest
+    (part,) = _part_paths(output)
+    assert len(_rows(part)) == 2
+    with part.open("a") as handle:
+        handle.write('{"id": "torn')  # a row cut off mid-write by the kill
+    report = generate_teacher_targets(setup["vlm"], setup["processor"], setup["manifest"], output, **GENERATION)
+    assert report.num_resumed == 2 and report.num_generated == 4
+    _same_manifest(_rows(output), _rows(reference_output[0]))
+    # A rerun over a finished output answers nothing new and leaves it as it is.
+    again = generate_teacher_targets(setup["vlm"], setup["processor"], setup["manifest"], output, **GENERATION)
+    assert again.num_generated == 0 and again.num_resumed == 6
+    _same_manifest(_rows(output), _rows(reference_output[0]))
+
+
+def test_sharded_run_merges_in_manifest_order(setup, reference_output):
+    output = setup["root"] / "sharded.jsonl"
+    second = generate_teacher_targets(setup["vlm"], setup["processor"], setup["manifest"], output,
+                                      process_index=1, num_processes=2, **GENERATION)
+    assert second.output is None and not output.exists()  # only the main process merges
+    first = generate_teacher_targets(setup["vlm"], setup["processor"], setup["manifest"], output,
+                                     process_index=0, num_processes=2, **GENERATION)
+    assert first.num_generated + second.num_generated == 6
+    _same_manifest(_rows(output), _rows(reference_output[0]))
+
+
+def test_bad_input_fails_with_one_line_errors(setup, tmp_path):
+    with pytest.raises(ManifestError, match="does not exist"):
+        generate_teacher_targets(setup["vlm"], setup["processor"], tmp_path / "nope.jsonl", tmp_path / "o.jsonl")
+    with pytest.raises(ValueError, match="must differ"):
+        generate_teacher_targets(setup["vlm"], setup["processor"], setup["manifest"], setup["manifest"])
+    with pytest.raises(ValueError, match="batch_size"):
+        generate_teacher_targets(setup["vlm"], setup["processor"], setup["manifest"], tmp_path / "o.jsonl",
+                                 batch_size=0)
+    not_a_vlm = tmp_path / "bert"
+    not_a_vlm.mkdir()
+    (not_a_vlm / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(SystemExit) as error:
+        main(["--model", str(not_a_vlm), "--manifest", str(setup["manifest"]), "--output", str(tmp_path / "o.jsonl")])
+    assert "'bert' model" in str(error.value) and "\n" not in str(error.value)
+    # A manifest whose every row is bad still yields a (empty) well-formed output.
+    bad = tmp_path / "bad.jsonl"
+    write_manifest(bad, [{"id": "x"}])
+    report = generate_teacher_targets(setup["vlm"], setup["processor"], bad, tmp_path / "empty.jsonl", **GENERATION)
+    assert report.bad_rows and (tmp_path / "empty.jsonl").read_text() == ""

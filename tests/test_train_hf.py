@@ -1,0 +1,313 @@
+"""train_hf.py: a real `accelerate launch` run on a tiny base, resume, checkpoints, Hub folder, optimizer and loss."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors import safe_open
+from transformers import AutoModel, SmolVLMForConditionalGeneration, TrainingArguments
+
+import train_hf
+from modeling_video2lora import Video2LoRAModel
+from tests.conftest import TINY_HYPERNETWORK, perturb_
+from video2lora.data import write_manifest
+from video2lora.world import write_world
+
+REPO = Path(__file__).resolve().parent.parent
+HYPERNETWORK_FLAGS = ["--lora_r", "4", "--latent_size", "32", "--num_latents", "4", "--num_blocks", "2",
+                      "--num_attention_heads", "4", "--input_projection_size", "32", "--num_frames", "4",
+                      "--frame_size", "64"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny matmuls on a shared 2-core machine: a second OpenMP thread only adds spin-waiting (10-100x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, base_config, processor):
+    """A tiny random base saved to disk, and 2 world clips with 2 fixed-target rows each."""
+    root = tmp_path_factory.mktemp("train_hf")
+    torch.manual_seed(0)
+    SmolVLMForConditionalGeneration(base_config).save_pretrained(root / "base")
+    processor.save_pretrained(root / "base")
+    world = write_world(root, split="train", num_clips=2, progress=False)
+    rows = [json.loads(line) for line in world.read_text().splitlines()]
+    rows = [r for r in rows if r["id"].endswith(("-qa0", "-qa1"))]
+    manifest = root / "fixed.jsonl"
+    write_manifest(manifest, rows)
+    return {"root": root, "base": root / "base", "manifest": manifest}
+
+
+def _train_command(workspace, output_dir, *extra):
+    return [
+        "train_hf.py", "--base_model_name_or_path", str(workspace["base"]), "--train_manifest",
+        str(workspace["manifest"]), "--output_dir", str(output_dir), *HYPERNETWORK_FLAGS,
+        "--questions_per_video", "2", "--per_device_train_batch_size", "2", "--max_steps", "8",
+        "--learning_rate", "1e-2", "--warmup_steps", "0", "--logging_steps", "1", "--save_steps", "4",
+        "--seed", "0", "--disable_tqdm", "true", "--frame_cache_dir", str(workspace["root"] / "frames"), *extra,
+    ]
+
+
+def _run(command, workspace):
+    # A private HF_HOME: no accelerate config file, no Hub cache; exactly what a fresh machine sees.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(workspace["root"] / "hf_home"),
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _losses(output_dir):
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    output_dir = workspace["root"] / "run"
+    _run(["accelerate", "launch", *_train_command(workspace, output_dir)], workspace)
+    return output_dir
+
+
+def test_accelerate_launch_trains_and_saves_only_the_hypernetwork(trained, workspace):
+    losses = _losses(trained)
+    assert sorted(losses) == list(range(1, 9))
+    assert losses[8] < losses[1] - 0.3, losses  # the fixed set is being fitted
+    for folder in (trained, trained / "checkpoint-4", trained / "checkpoint-8"):
+        assert not list(folder.glob("*.bin")) or {p.name for p in folder.glob("*.bin")} == {"training_args.bin"}
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+            keys = list(handle.keys())
+        assert keys and all(key.startswith("hypernetwork.") for key in keys)
+    config = json.loads((trained / "config.json").read_text())
+    assert config["base_model_name_or_path"] == str(workspace["base"]) and config["num_frames"] == 4
+    model = AutoModel.from_pretrained(trained, trust_remote_code=True)
+    assert type(model).__name__ == "Video2LoRAModel" and model.processor is not None
+    fresh = Video2LoRAModel.from_base(str(workspace["base"]), **TINY_HYPERNETWORK)
+    with safe_open(str(trained / "model.safetensors"), framework="pt") as handle:
+        for name, parameter in model.state_dict().items():
+            if name.startswith("hypernetwork."):
+                assert torch.equal(parameter, handle.get_tensor(name))
+    # Training moved the zero-initialized B scalers: the loaded model is not an untrained one.
+    assert any(not torch.equal(p, fresh.state_dict()[n]) for n, p in model.state_dict().items() if "b_scale" in n)
+
+
+def test_resume_from_checkpoint_continues_the_same_run(trained, workspace, tmp_path):
+    # A copy of checkpoint-4 whose logged step-1 loss is a marker: a resumed run carries the checkpoint's state over.
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(trained / "checkpoint-4", checkpoint)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state["log_history"][0]["loss"] = 123.0
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    resumed = tmp_path / "resumed"
+    # In-process (the launch path is covered above): the imports are already paid for.
+    train_hf.main(_train_command(workspace, resumed, "--resume_from_checkpoint", str(checkpoint))[1:])
+    original, continued = _losses(trained), _losses(resumed)
+    assert continued[1] == 123.0 and sorted(continued) == list(range(1, 9))
+    # Weights, optimizer, scheduler and data order all came back: steps 5-8 repeat the uninterrupted run.
+    for step in (5, 6, 7, 8):
+        assert continued[step] == pytest.approx(original[step], rel=1e-4)
+    with pytest.raises(ValueError, match="no such checkpoint"):
+        train_hf.main(_train_command(workspace, resumed, "--resume_from_checkpoint", str(tmp_path / "nope"))[1:])
+
+
+@pytest.fixture
+def small_trainer(workspace, tmp_path):
+    model = Video2LoRAModel.from_base(str(workspace["base"]), **TINY_HYPERNETWORK)
+    perturb_(model)  # non-zero B scalers, so every hypernetwork weight gets a gradient
+    data_args = train_hf.DataArguments(train_manifest=str(workspace["manifest"]), questions_per_video=1,
+                                       frame_cache_dir=str(workspace["root"] / "frames"))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **{
+        k: v for k, v in train_hf.TRAINING_DEFAULTS.items() if k != "save_strategy"})
+    dataset = train_hf.build_dataset(str(workspace["manifest"]), data_args, num_frames=4, frame_size=64, seed=0,
+                                     max_videos=None, training_args=args)
+    collator = train_hf.Video2LoRACollator(model.processor, model.config.instruction)
+    trainer = train_hf.Video2LoRATrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    return trainer, dataset, collator
+
+
+def test_optimizer_holds_only_hypernetwork_parameters(small_trainer):
+    trainer, _, _ = small_trainer
+    optimizer = trainer.create_optimizer()
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    hypernetwork = {id(p) for p in trainer.model.hypernetwork.parameters()}
+    assert in_optimizer == hypernetwork
+    assert not in_optimizer & {id(p) for p in trainer.model.vlm.parameters()}
+    assert {group["weight_decay"] for group in optimizer.param_groups} == {0.01, 0.0}
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def _loss_and_grads(trainer, batch, num_items):
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=num_items)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in trainer.model.hypernetwork.parameters()]
+
+
+def test_gradient_accumulation_matches_one_big_batch(small_trainer):
+    trainer, dataset, collator = small_trainer
+    trainer.model.train()
+    # Two single-question examples whose answers differ in length, so a mean of per-batch means would be wrong.
+    lengths = [(collator([dataset[i]])["labels"] != -100).sum().item() for i in range(len(dataset))]
+    first = 0
+    second = next(i for i in range(len(dataset)) if lengths[i] != lengths[first])
+    big = collator([dataset[first], dataset[second]])
+    micro = [collator([dataset[first]]), collator([dataset[second]])]
+    num_items = trainer._get_num_items_in_batch(micro, torch.device("cpu"))
+    assert num_items == (big["labels"][:, 1:] != -100).sum()
+
+    big_loss, big_grads = _loss_and_grads(trainer, big, num_items)
+    accumulated_loss, accumulated_grads = 0.0, None
+    for batch in micro:
+        loss, grads = _loss_and_grads(trainer, batch, num_items)
+        accumulated_loss += loss
+        accumulated_grads = grads if accumulated_grads is None else [a + g for a, g in
+                                                                      zip(accumulated_grads, grads, strict=True)]
+    assert accumulated_loss == pytest.approx(big_loss.item(), rel=1e-5)
+    for a, b in zip(accumulated_grads, big_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    # Trainer must not divide again by the accumulation steps, and the naive mean of means differs.
+    assert trainer.loss_is_scaled_for_ga is True
+    # The naive alternative, a mean of per-micro-batch token means, weights the two answers' tokens unequally.
+    naive = [_loss_and_grads(trainer, batch, None)[1] for batch in micro]
+    naive_grads = [(a + b) / 2 for a, b in zip(*naive, strict=True)]
+    assert not all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(naive_grads, big_grads, strict=True))
+
+
+def test_kl_term_uses_only_positions_with_teacher_distributions():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 5, -100, -100]])
+    ce, count = train_hf.answer_loss_sum(logits, labels)
+    assert count == 5
+    top_ids = torch.randint(0, 11, (2, 5, 3))
+    top_logprobs = torch.tensor([-0.1, -2.0, -3.0]).expand(2, 5, 3).clone()
+    none = train_hf.answer_loss_sum(logits, labels, top_ids, top_logprobs, torch.zeros(2, 5, dtype=torch.bool),
+                                    kl_weight=1.0)[0]
+    assert none == pytest.approx(ce.item())
+    mask = labels != -100
+    with_kl = train_hf.answer_loss_sum(logits, labels, top_ids, top_logprobs, mask, kl_weight=0.5)[0]
+    assert with_kl > ce and torch.isfinite(with_kl)
+
+
+def test_prepare_hub_folder_writes_exactly_the_upload(workspace, tmp_path):
+    model = Video2LoRAModel.from_base(str(workspace["base"]), **TINY_HYPERNETWORK)
+    folder = train_hf.prepare_hub_folder(model, tmp_path / "hub", repo_id="me/v2l-tiny",
+                                         base_model_reference="HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
+                                         dataset_names=["HuggingFaceFV/finevideo"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([
+        "README.md", "config.json", "model.safetensors", "configuration_video2lora.py", "modeling_video2lora.py",
+        "perceiver_video2lora.py", "processing_video2lora.py", "processor_config.json", "tokenizer.json",
+        "tokenizer_config.json", "chat_template.jinja",
+    ])
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        assert all(key.startswith("hypernetwork.") for key in handle.keys())
+    config = json.loads((folder / "config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
+    assert config["auto_map"]["AutoModel"] == "modeling_video2lora.Video2LoRAModel"
+    assert model.config.base_model_name_or_path == str(workspace["base"])  # the live model is left as it was
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "video-text-to-text"
+    assert card.data.base_model == "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
+    assert card.data.license == "apache-2.0" and card.data.datasets == ["HuggingFaceFV/finevideo"]
+    assert "video2lora" in card.data.tags
+    assert 'AutoModel.from_pretrained("me/v2l-tiny", trust_remote_code=True)' in card.text
+    with pytest.raises(ValueError, match="not empty"):
+        train_hf.prepare_hub_folder(model, folder)
+
+
+def test_bad_arguments_fail_clearly(workspace):
+    with pytest.raises(ValueError, match="exactly one of"):
+        train_hf.parse_args(["--train_manifest", "x.jsonl", "--output_dir", "o"])
+    with pytest.raises(ValueError, match="questions_per_video"):
+        train_hf.parse_args(["--base_model_name_or_path", "b", "--train_manifest", "x", "--questions_per_video", "0"])
+    model_args, data_args, _ = train_hf.parse_args(["--base_model_name_or_path", str(workspace["base"]),
+                                                    "--train_manifest", "x", "--output_dir", "o"])
+    assert model_args.hypernetwork_overrides() == {} and data_args.kl_weight == 0.0
+
+
+def test_collator_batches_each_video_once_with_teacher_tokens(processor):
+    from tests.conftest import make_frames
+
+    collator = train_hf.Video2LoRACollator(processor, "Internalize this video for later captioning.", with_teacher=True)
+    tokenizer = processor.tokenizer
+    teacher_ids = tokenizer("blue", add_special_tokens=False)["input_ids"] + [collator.eos_token_id]
+    teacher = {"token_ids": teacher_ids, "top_ids": [[i, 0] for i in teacher_ids],
+               "top_logprobs": [[-0.1, -2.5]] * len(teacher_ids)}
+    features = [
+        {"frames": make_frames(2, seed=1), "timestamps": [0.0, 1.0], "duration": 2.0,
+         "questions": [{"prompt": "what colour is the square?", "target": "blue", "teacher": teacher},
+                       {"prompt": "what colour is the circle?", "target": "red", "teacher": None}]},
+        {"frames": make_frames(2, seed=2), "timestamps": [0.0, 1.0], "duration": 2.0,
+         "questions": [{"prompt": "what shape is it?", "target": "triangle", "teacher": None}]},
+    ]
+    batch = collator(features)
+    assert batch["context_input_ids"].shape[0] == 2 and batch["input_ids"].shape[0] == 3
+    assert batch["adapter_index"].tolist() == [0, 0, 1]
+    prompt_ids = tokenizer(processor.chat_prompt("what colour is the square?", with_video=False))["input_ids"]
+    labels = batch["labels"][0]
+    assert (labels[:len(prompt_ids)] == -100).all()
+    assert labels[len(prompt_ids):len(prompt_ids) + len(teacher_ids)].tolist() == teacher_ids  # the teacher's tokens
+    assert batch["teacher_mask"][0].sum() == len(teacher_ids) and not batch["teacher_mask"][1:].any()
+    assert batch["teacher_top_ids"][0, len(prompt_ids), 0] == teacher_ids[0]
+    # A text target ends with the end-of-utterance token, so the student learns to stop.
+    text_row = batch["labels"][1][batch["labels"][1] != -100].tolist()
+    assert text_row[-1] == collator.eos_token_id
+    assert tokenizer.decode(text_row[:-1]).strip() == "red"
+    assert batch["pixel_values"].shape[:2] == (2, 2)
+
+
+def test_adapter_card_renders_front_matter_and_rejects_missing_fields():
+    from video2lora.cards import render_card
+
+    fields = dict(library_name="peft", base_model="HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
+                  pipeline_tag="image-text-to-text", tags=["video2lora", "lora"], license="apache-2.0",
+                  model_name="clip7-adapter", repo_id="me/clip7-adapter", hypernetwork_reference="me/v2l",
+                  hypernetwork_url="https://huggingface.co/me/v2l",
+                  base_model_reference="HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
+                  base_model_url="https://huggingface.co/HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
+                  video_name="clip7.mp4", num_frames=12, rank=32, target_modules="mlp.down_proj")
+    card = ModelCard(render_card("adapter", **fields))
+    assert card.data.library_name == "peft" and card.data.base_model == fields["base_model"]
+    assert "clip7.mp4" in card.text and 'PeftModel.from_pretrained(base, "me/clip7-adapter")' in card.text
+    with pytest.raises(ValueError, match="video_name"):
+        render_card("adapter", **{k: v for k, v in fields.items() if k != "video_name"})
+    with pytest.raises(FileNotFoundError, match="hypernetwork.md"):
+        render_card("nope")
+
+
+def test_push_uploads_the_prepared_folder(workspace, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls["create_repo"] = (repo_id, private, exist_ok)
+            return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision=None):
+            calls["upload"] = (repo_id, sorted(p.name for p in Path(folder_path).iterdir()))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    model = Video2LoRAModel.from_base(str(workspace["base"]), **TINY_HYPERNETWORK)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True,
+                             hub_model_id="me/v2l-tiny", hub_token="secret")
+    repo_id = train_hf.push_hypernetwork_to_hub(model, args, base_model_reference="HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+                                                dataset_names=None)
+    assert repo_id == "me/v2l-tiny" and calls["token"] == "secret"
+    assert calls["create_repo"] == ("me/v2l-tiny", None, True)
+    expected = sorted(p.name for p in (tmp_path / "out" / "hub").iterdir())
+    assert calls["upload"] == ("me/v2l-tiny", expected) and "README.md" in expected and "model.safetensors" in expected

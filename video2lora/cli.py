@@ -1,0 +1,452 @@
+"""The `video2lora` command line.
+
+    video2lora internalize clip.mp4 -o clip-adapter/          # video -> PEFT adapter folder (+ video2lora.json)
+    video2lora ask clip.mp4 "what colour is the square?"      # answer with zero visual tokens
+    video2lora ask clip-adapter/ "what shape is the red object?" --compare
+    video2lora demo                                           # a generated world clip, end to end
+    video2lora eval --manifest data/world/test.jsonl          # Base vs V2L vs Blind (DESIGN.md §6)
+
+`--model` takes a Hub id or a local folder and defaults to the embedded checkpoint (`checkpoints/video2lora-world`).
+User errors (a missing or unreadable file, a bad manifest row, an adapter made for another base, a missing model)
+print one line to stderr and exit with status 2. The model-running code lives in [`video2lora.runner`]; this
+module parses arguments, formats output and imports the heavy libraries only once a command runs, so that
+`HF_HUB_OFFLINE` can still be set before `huggingface_hub` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .data import ManifestError, read_manifest
+from .video import SampledVideo, VideoDecodeError, read_video
+
+if TYPE_CHECKING:
+    from modeling_video2lora import Video2LoRAAdapter, Video2LoRAModel
+
+__all__ = ["build_parser", "main"]
+
+PROG = "video2lora"
+METADATA_NAME = "video2lora.json"
+CARD_NAME = "README.md"
+# Exit status of every user error, as argparse uses for bad arguments.
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """An error the user can fix (bad argument combination, bad span); reported as one line, exit status 2."""
+
+
+# ---- arguments ------------------------------------------------------------------------------------------------------
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, *, answers: bool = True) -> None:
+    parser.add_argument("--model", default=None,
+                        help="Video2LoRA model: Hub id or local folder (default: the embedded checkpoint)")
+    if answers:
+        parser.add_argument("--max_new_tokens", type=int, default=64, help="greedy decoding budget per answer")
+
+
+def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num_frames", type=int, default=None,
+                        help="frames sampled from the video (default: the model's num_frames)")
+    parser.add_argument("--start", type=float, default=None, help="span start, in seconds")
+    parser.add_argument("--end", type=float, default=None, help="span end, in seconds (exclusive)")
+
+
+def _margin(text: str) -> tuple[str, float]:
+    metric, separator, value = text.partition("=")
+    try:
+        if not separator or not metric:
+            raise ValueError
+        return metric, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected METRIC=VALUE (e.g. token_f1=0.05), got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `video2lora` command and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Internalize a video into a LoRA adapter and answer questions about it with zero "
+                               "visual tokens.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    internalize = commands.add_parser("internalize", help="read a video into a PEFT adapter folder",
+                                      description="Read a video once and write the generated LoRA as a PEFT adapter "
+                                                  f"folder, with {METADATA_NAME} (provenance) and a model card.")
+    internalize.add_argument("video", metavar="VIDEO", help="video file (any format FFmpeg reads)")
+    internalize.add_argument("-o", "--output", required=True, metavar="ADAPTER_DIR", help="adapter folder to write")
+    _add_model_arguments(internalize, answers=False)
+    _add_frame_arguments(internalize)
+
+    ask = commands.add_parser("ask", help="answer questions about a video or an adapter, with zero visual tokens",
+                              description="Answer questions from the adapter alone (no visual tokens). A video is "
+                                          "internalized first; an adapter folder is used as it is.")
+    ask.add_argument("source", metavar="VIDEO|ADAPTER_DIR", help="video file, or adapter folder from `internalize`")
+    ask.add_argument("questions", metavar="QUESTION", nargs="+", help="one or more questions")
+    ask.add_argument("--compare", action="store_true",
+                     help="also answer with the video in context (Base), with timings and visual-token counts")
+    _add_model_arguments(ask)
+    _add_frame_arguments(ask)
+
+    demo = commands.add_parser("demo", help="end to end on a generated world clip from the test split",
+                               description="Generate a held-out world clip, internalize it and answer its questions.")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="which test clip: index N inside the test split's seed range (seed 2,000,000 + N)")
+    demo.add_argument("--compare", action="store_true", help="also answer with the video in context (Base)")
+    _add_model_arguments(demo)
+
+    evaluate = commands.add_parser("eval", help="Base vs V2L vs Blind over a manifest (DESIGN.md §6)",
+                                   description="Answer every manifest row with Base (video in context), V2L (adapter "
+                                               "alone) and Blind (neither); score, summarize and report.")
+    evaluate.add_argument("--manifest", required=True, help="JSONL manifest of rows to evaluate")
+    evaluate.add_argument("--data_root", default=None,
+                          help="root of relative video paths (default: $VIDEO2LORA_DATA_ROOT or the manifest's folder)")
+    evaluate.add_argument("--max_rows", type=int, default=None, help="evaluate only the first N rows")
+    evaluate.add_argument("--num_frames", type=int, default=None,
+                          help="frames sampled per video (default: the model's num_frames)")
+    evaluate.add_argument("--batch_size", type=int, default=16, help="questions per generate call")
+    evaluate.add_argument("--judge", default=None, metavar="PATH", help="local causal LM to use as an LLM judge")
+    evaluate.add_argument("--margins", nargs="+", type=_margin, default=[], metavar="METRIC=VALUE",
+                          help="non-inferiority/equivalence margins (defaults: judge=0.15 token_f1=0.05 "
+                               "exact_match=0.05)")
+    evaluate.add_argument("--num_resamples", type=int, default=10_000, help="paired-bootstrap resamples")
+    evaluate.add_argument("--output_dir", default="video2lora-eval",
+                          help="where summary.json, records.jsonl and report.md go")
+    _add_model_arguments(evaluate)
+    return parser
+
+
+# ---- shared helpers -------------------------------------------------------------------------------------------------
+
+
+def _prefer_offline(model: str | None) -> None:
+    """Local models never need the Hub; without the flag a Hub lookup can hang for minutes before failing."""
+    if model is None or os.path.isdir(model):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _load_model(name_or_path: str | None) -> Video2LoRAModel:
+    from transformers.utils import logging as transformers_logging
+
+    from .runner import load_model
+
+    # Library warnings (e.g. generation defaults) would bury the answers; errors still show.
+    transformers_logging.set_verbosity_error()
+    return load_model(name_or_path)
+
+
+def _read_video(path: str | os.PathLike, *, num_frames: int, start: float | None = None, end: float | None = None,
+                max_edge: int | None = None) -> SampledVideo:
+    try:
+        return read_video(path, num_frames=num_frames, start=start, end=end, max_edge=max_edge)
+    except VideoDecodeError:
+        raise
+    except ValueError as error:  # a bad span or frame count: the user's arguments, not the file
+        raise UsageError(str(error)) from None
+
+
+def _frames_for(model: Video2LoRAModel, args: argparse.Namespace, path: str | os.PathLike) -> SampledVideo:
+    return _read_video(path, num_frames=args.num_frames or model.config.num_frames, start=args.start, end=args.end,
+                       max_edge=model.config.frame_size)
+
+
+def _printable(text: str) -> str:
+    # Answers are model output: a control character (an untrained model emits any byte) must not garble the terminal.
+    return "".join(ch if ch.isprintable() else "\N{REPLACEMENT CHARACTER}" for ch in text)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, with columns padded so that it also reads well as plain text."""
+    cells = [[_printable(str(cell)).replace("|", "\\|") for cell in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |"
+
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (width + 2) for width in widths) + "|",
+                      *(line(row) for row in cells[1:])])
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks so that long videos never sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _model_reference(name_or_path: str | None) -> str:
+    from .runner import DEFAULT_MODEL_PATH
+
+    if name_or_path is None:
+        return str(DEFAULT_MODEL_PATH)
+    # A local folder is recorded absolutely so that the record stays valid from any working directory.
+    return os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
+
+
+def _base_reference(model: Video2LoRAModel, model_reference: str) -> str | None:
+    base = model.config.base_model_name_or_path
+    if base is not None and base.startswith(("./", "../")) and os.path.isdir(model_reference):
+        return os.path.normpath(os.path.join(model_reference, base))
+    return base
+
+
+# ---- internalize ----------------------------------------------------------------------------------------------------
+
+
+def _provenance(args: argparse.Namespace, model: Video2LoRAModel, adapter: Video2LoRAAdapter,
+                video: SampledVideo) -> dict[str, Any]:
+    model_reference = _model_reference(args.model)
+    return {
+        "video": {"path": os.path.abspath(args.video), "sha256": sha256_file(args.video),
+                  "size_bytes": os.path.getsize(args.video)},
+        "frames": {"count": video.num_frames, "timestamps": video.timestamps, "duration": video.duration,
+                   "span": [args.start, args.end], "max_edge": model.config.frame_size},
+        # `_commit_hash` is the Hub commit a model was loaded from; local folders have none.
+        "model": {"name_or_path": model_reference, "revision": getattr(model.config, "_commit_hash", None)},
+        "base": {"name_or_path": _base_reference(model, model_reference),
+                 "revision": model.config.base_model_revision, "fingerprint": model.fingerprint},
+        "adapter": {"rank": adapter.rank, "num_layers": adapter.num_layers,
+                    "target_modules": sorted(adapter.lora_A), "instruction": model.config.instruction},
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _hub_url(reference: str | None) -> str:
+    if reference is None:
+        return ""
+    return reference if os.path.exists(reference) else f"https://huggingface.co/{reference}"
+
+
+def _write_card(output: Path, provenance: dict[str, Any]) -> str | None:
+    """Write the adapter's model card when the card renderer is installed; returns why not otherwise."""
+    try:
+        from .cards import render_card
+    except ImportError:
+        return "no card renderer (video2lora.cards) installed"
+    base, model = provenance["base"]["name_or_path"], provenance["model"]["name_or_path"]
+    video_name = Path(provenance["video"]["path"]).name
+    try:
+        card = render_card(
+            "adapter", library_name="peft", tags=["video2lora", "lora", "video"],
+            # The Hub's base_model field takes Hub ids only; a local base path would fail its validation.
+            base_model=base if base and not os.path.exists(base) else None,
+            model_name=f"Video2LoRA adapter for {video_name}", hypernetwork_reference=model,
+            hypernetwork_url=_hub_url(model), base_model_reference=base or model, base_model_url=_hub_url(base or model),
+            video_name=video_name, video_sha256=provenance["video"]["sha256"],
+            num_frames=provenance["frames"]["count"], timestamps=provenance["frames"]["timestamps"],
+            rank=provenance["adapter"]["rank"], target_modules=", ".join(provenance["adapter"]["target_modules"]),
+            repo_id=output.name, created_at=provenance["created_at"],
+        )
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        return " ".join(str(error).split())
+    (output / CARD_NAME).write_text(card, encoding="utf-8")
+    return None
+
+
+def _cmd_internalize(args: argparse.Namespace) -> int:
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise UsageError(f"-o '{args.output}' is a file; the adapter is written as a folder")
+    model = _load_model(args.model)
+    video = _frames_for(model, args, args.video)
+    started = time.perf_counter()
+    adapter = model.internalize(video.frames, timestamps=video.timestamps, duration=video.duration)
+    elapsed = time.perf_counter() - started
+    provenance = _provenance(args, model, adapter, video)
+    # Carried inside the safetensors metadata too, so the adapter file alone still says which video it came from.
+    adapter.metadata = {**adapter.metadata, "video_sha256": provenance["video"]["sha256"],
+                        "frame_timestamps": video.timestamps}
+    output = Path(args.output)
+    adapter.save_pretrained(output)
+    (output / METADATA_NAME).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    skipped = _write_card(output, provenance)
+    if skipped is not None:
+        print(f"{PROG}: note: no model card written ({skipped})", file=sys.stderr)
+    print(f"internalized {video.num_frames} frames of '{args.video}' in {elapsed:.2f} s -> {output}/ "
+          f"(rank {adapter.rank}, {adapter.num_layers} layers)")
+    return 0
+
+
+# ---- ask ------------------------------------------------------------------------------------------------------------
+
+
+def _is_adapter_dir(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def _load_adapter(model: Video2LoRAModel, directory: str) -> Video2LoRAAdapter:
+    from modeling_video2lora import Video2LoRAAdapter
+
+    adapter = Video2LoRAAdapter.from_pretrained(directory)
+    model.check_adapter(adapter)  # fail before any answering, with the mismatch spelled out
+    return adapter
+
+
+def _timed(function, *args, **kwargs) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from .runner import answer_with_adapter, answer_with_video, internalize_video, visual_tokens_per_query
+
+    if args.compare and _is_adapter_dir(args.source):
+        raise UsageError("--compare needs the video itself (Base reads it); pass the video file, not an adapter folder")
+    model = _load_model(args.model)
+    video = None
+    if _is_adapter_dir(args.source):
+        adapter = _load_adapter(model, args.source)
+        print(f"adapter: {args.source}")
+    else:
+        video = _frames_for(model, args, args.source)
+        adapter, elapsed = _timed(internalize_video, model, video)
+        print(f"internalized {video.num_frames} frames of '{args.source}' in {elapsed:.2f} s (once per video)")
+    options = {"max_new_tokens": args.max_new_tokens}
+    base_tokens = visual_tokens_per_query(model, video) if args.compare else None
+    for question in args.questions:
+        # One question at a time, so that each timing is the time to answer that question.
+        (answer,), seconds = _timed(answer_with_adapter, model, adapter, [question], **options)
+        print(f"\nQ: {_printable(question)}")
+        print(f"  V2L  ({0:>5} visual tokens, {seconds:6.3f} s): {_printable(answer)}")
+        if args.compare:
+            (base_answer,), base_seconds = _timed(answer_with_video, model, video, [question], **options)
+            print(f"  Base ({base_tokens:>5} visual tokens, {base_seconds:6.3f} s): {_printable(base_answer)}")
+    return 0
+
+
+# ---- demo -----------------------------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .evaluation import exact_match
+    from .runner import answer_with_adapter, answer_with_video, internalize_video, visual_tokens_per_query
+    from .video import write_video
+    from .world import CAPTION_PROMPT, generate_clip, split_seeds
+
+    try:
+        seed = split_seeds("test", 1, offset=args.seed)[0]
+    except ValueError as error:
+        raise UsageError(f"--seed: {error}") from None
+    model = _load_model(args.model)
+    clip = generate_clip(seed)
+    with tempfile.TemporaryDirectory(prefix="video2lora-demo-") as directory:
+        # Through a real MP4 file, so the demo exercises the same decode path as a user's video.
+        path = Path(directory) / f"world-{seed}.mp4"
+        write_video(path, clip.frames, fps=clip.fps)
+        video = _read_video(path, num_frames=model.config.num_frames, max_edge=model.config.frame_size)
+    adapter, elapsed = _timed(internalize_video, model, video)
+    questions = [CAPTION_PROMPT, *(item.question for item in clip.qa)]
+    truths = [clip.caption, *(item.answer for item in clip.qa)]
+    options = {"max_new_tokens": args.max_new_tokens}
+    v2l = answer_with_adapter(model, adapter, questions, **options)
+    base = answer_with_video(model, video, questions, **options) if args.compare else None
+    base_tokens = visual_tokens_per_query(model, video)
+
+    print(f"world test clip, seed {seed}: {video.num_frames} frames, internalized in {elapsed:.2f} s\n")
+    headers = ["question", "ground truth", "V2L (0 visual tokens)"]
+    if base is not None:
+        headers.append(f"Base ({base_tokens} visual tokens)")
+    rows = [[questions[i], truths[i], v2l[i], *([base[i]] if base is not None else [])] for i in range(len(questions))]
+    print(_table(headers, rows))
+    # Exact match is scored on the short QA answers only; the caption row is there to read.
+    qa = range(1, len(questions))
+    summary = f"\nexact match on {len(qa)} questions: V2L {sum(exact_match(v2l[i], truths[i]) for i in qa):.0f}"
+    if base is not None:
+        summary += f", Base {sum(exact_match(base[i], truths[i]) for i in qa):.0f}"
+    print(summary + f" (V2L reads 0 visual tokens per question, Base {base_tokens})")
+    return 0
+
+
+# ---- eval -----------------------------------------------------------------------------------------------------------
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import markdown_report, summarize
+    from .runner import Judge, evaluate
+
+    rows = read_manifest(args.manifest, data_root=args.data_root).rows
+    if args.max_rows is not None:
+        rows = rows[: args.max_rows]
+    if not rows:
+        raise UsageError(f"manifest '{args.manifest}' has no rows to evaluate")
+    missing = next((row for row in rows if not os.path.isfile(row["video_path"])), None)
+    if missing is not None:  # checked up front: a missing file should not surface after an hour of evaluation
+        raise VideoDecodeError(missing["video_path"], f"file does not exist (row '{missing['id']}')",
+                               "check the path; relative paths resolve against --data_root")
+    if args.judge is not None and not os.path.isdir(args.judge):
+        raise UsageError(f"--judge '{args.judge}' is not a folder; give a local transformers causal LM")
+    model = _load_model(args.model)
+    judge = Judge(args.judge) if args.judge else None
+    records = evaluate(model, rows, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
+                       batch_size=args.batch_size, judge=judge)
+    summary = summarize(records, margins=dict(args.margins), num_resamples=args.num_resamples)
+    summary["model"] = _model_reference(args.model)
+    summary["manifest"] = os.path.abspath(args.manifest)
+    base_tokens = sum(record["visual_tokens"]["base"] for record in records) / len(records)
+    summary["visual_tokens_per_query"] = {"base": base_tokens, "v2l": 0, "blind": 0}
+    if judge is not None:
+        judged = [record["scores"][system]["judge"] for record in records for system in record["scores"]]
+        unreadable = sum(score is None for score in judged)
+        summary["judge"] = {"model": args.judge, "answers": len(judged), "unreadable": unreadable}
+        if unreadable:
+            # Unreadable replies drop out of the judge metric; say so, or a small judge could silently score nothing.
+            print(f"{PROG}: warning: the judge's reply was unreadable for {unreadable} of {len(judged)} answers",
+                  file=sys.stderr)
+    report = markdown_report(summary) + (
+        f"\nVisual tokens per query: Base {base_tokens:g}, V2L 0, Blind 0.\n"
+    )
+
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    with open(output / "records.jsonl", "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    (output / "report.md").write_text(report, encoding="utf-8")
+    print(report)
+    print(f"wrote {output}/summary.json, records.jsonl and report.md ({len(records)} rows)")
+    return 0
+
+
+# ---- entry point ----------------------------------------------------------------------------------------------------
+
+_COMMANDS = {"internalize": _cmd_internalize, "ask": _cmd_ask, "demo": _cmd_demo, "eval": _cmd_eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the `video2lora` command.
+
+    Returns:
+        `int`: 0 on success, 2 on a user error (reported as one line on stderr). Invalid arguments exit through
+        argparse, also with status 2.
+    """
+    args = build_parser().parse_args(argv)
+    _prefer_offline(args.model)
+    # Imported only now: they import transformers, which must see HF_HUB_OFFLINE as just set.
+    from modeling_video2lora import AdapterMismatchError
+
+    from .runner import ModelLoadError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except (UsageError, ModelLoadError, VideoDecodeError, ManifestError, AdapterMismatchError,
+            FileNotFoundError) as error:
+        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""Teacher targets: the frozen base answers every manifest prompt with the video in context (DESIGN.md §5).
+
+```
+python -m video2lora.teacher --model BASE_OR_V2L_DIR --manifest in.jsonl --output out.jsonl
+accelerate launch -m video2lora.teacher --model ... --manifest in.jsonl --output out.jsonl   # sharded
+```
+
+Every valid row of the input manifest gets `target_text` replaced by the teacher's greedy answer; the original target
+is kept as `reference_text` (never overwritten when the input is itself a teacher manifest), and with
+`--top_k_logprobs K` the row also gets `teacher_logprobs`: the generated `token_ids` and, per generated token, the
+teacher's `top_ids` and `top_logprobs` (for a KL term in training).
+
+The run is resumable and never leaves a half-written output. Each process appends the rows it finishes to its own part
+file, `<output>.part-<rank>`, flushed and synced after every batch; a rerun skips every id already found in the part
+files or in an existing output. When every process is done, the main process merges the parts in manifest order,
+writes the output atomically and removes the parts. Process `rank` of `world_size` takes the rows whose index in the
+manifest satisfies `index % world_size == rank`.
+
+Rows that cannot be used (invalid manifest rows, undecodable videos, empty teacher answers) are skipped, counted and
+logged with their line number and the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import ManifestError, read_manifest, resolve_data_root, write_manifest
+from .video import SampledVideo, VideoDecodeError, read_video
+
+__all__ = ["TeacherReport", "generate_teacher_targets", "load_teacher", "main"]
+
+logger = logging.getLogger(__name__)
+
+# How many decoded videos stay cached between batches; consecutive rows usually share a video.
+_VIDEO_CACHE_SIZE = 64
+# Log-probabilities are rounded in the manifest: 4 decimals are far below any effect on a KL term and halve the size.
+_LOGPROB_DECIMALS = 4
+
+
+@dataclass
+class TeacherReport:
+    """What a teacher run did.
+
+    Args:
+        num_rows (`int`): Valid rows of the input manifest.
+        num_generated (`int`): Rows answered by this process in this run.
+        num_resumed (`int`): Rows of this process skipped because an earlier run had answered them.
+        bad_rows (`list[tuple[int, str]]`): `(1-based line number, reason)` of every skipped row seen by this process.
+        output (`Path`, *optional*): The merged manifest, once written (main process only).
+    """
+
+    num_rows: int = 0
+    num_generated: int = 0
+    num_resumed: int = 0
+    bad_rows: list[tuple[int, str]] = field(default_factory=list)
+    output: Path | None = None
+
+
+def load_teacher(model_name_or_path: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
+                 device: str | torch.device | None = None):
+    """
+    Load the frozen teacher: a SmolVLM folder (or Hub id), or the base of a Video2LoRA checkpoint.
+
+    Args:
+        model_name_or_path (`str` or `os.PathLike`): The SmolVLM or Video2LoRA checkpoint.
+        dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): Weight dtype of the base.
+        device (`str` or `torch.device`, *optional*): Where to put the base.
+
+    Returns:
+        `(SmolVLMForConditionalGeneration, Video2LoRAProcessor, dict)`: the base in eval mode, its processor, and the
+        frame defaults (`num_frames`, `frame_size`) of a Video2LoRA checkpoint (empty for a bare SmolVLM).
+    """
+    from transformers import PreTrainedConfig, SmolVLMForConditionalGeneration
+
+    from modeling_video2lora import Video2LoRAModel
+    from processing_video2lora import Video2LoRAProcessor
+
+    path = str(model_name_or_path)
+    try:
+        config_dict, _ = PreTrainedConfig.get_config_dict(path)
+    except OSError as error:
+        raise ValueError(f"Cannot read a model config from '{path}': {error}") from error
+    model_type = config_dict.get("model_type")
+    if model_type == "video2lora":
+        model = Video2LoRAModel.from_pretrained(path, dtype=dtype)
+        vlm, processor = model.vlm, model.processor
+        defaults = {"num_frames": model.config.num_frames, "frame_size": model.config.frame_size}
+    elif model_type == "smolvlm":
+        vlm = SmolVLMForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        try:
+            processor = Video2LoRAProcessor.from_pretrained(path)
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(f"'{path}' has no usable tokenizer / image processor files: {error}") from error
+        defaults = {}
+    else:
+        raise ValueError(f"'{path}' is a '{model_type}' model; the teacher needs a SmolVLM (model_type 'smolvlm') or a "
+                         "Video2LoRA checkpoint (model_type 'video2lora').")
+    if processor is None:
+        raise ValueError(f"No processor found for '{path}'; save the tokenizer and image processor beside the model.")
+    if device is not None:
+        vlm.to(device)
+    vlm.eval()
+    return vlm, processor, defaults
+
+
+def _part_path(output: Path, rank: int) -> Path:
+    return output.with_name(f"{output.name}.part-{rank:05d}")
+
+
+def _part_paths(output: Path) -> list[Path]:
+    return sorted(output.parent.glob(f"{output.name}.part-*"))
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Rows of a part file or of a finished output. A torn last line (a run killed mid-write) is ignored."""
+    rows = []
+    with path.open("r", encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("id"), str):
+                rows.append(row)
+    return rows
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """Cut a part file back to its last complete line, so that appending never glues a row onto a torn one."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+def _raw_rows_by_line(manifest: Path) -> dict[int, dict]:
+    """The rows as written (relative `video_path` kept), by 1-based line number."""
+    rows = {}
+    with manifest.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                row = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(row, dict):
+                rows[number] = row
+    return rows
+
+
+def _load_video(row: dict, cache: dict, *, num_frames: int, frame_size: int) -> SampledVideo:
+    span = row.get("span")
+    key = (row["video_path"], tuple(span) if span else None)
+    if key not in cache:
+        if len(cache) >= _VIDEO_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        start, end = (span[0], span[1]) if span else (None, None)
+        cache[key] = read_video(row["video_path"], num_frames=num_frames, start=start, end=end, max_edge=frame_size)
+    return cache[key]
+
+
+def _eos_ids(vlm, processor) -> set[int]:
+    eos = vlm.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    end_of_utterance = getattr(processor, "end_of_utterance_token", None)
+    if end_of_utterance:
+        ids.add(processor.tokenizer.convert_tokens_to_ids(end_of_utterance))
+    ids.discard(None)
+    return ids
+
+
+@torch.no_grad()
+def _answer_batch(vlm, processor, videos: list[SampledVideo], prompts: list[str], *, max_new_tokens: int,
+                  top_k: int) -> list[tuple[str, dict | None]]:
+    """Greedy answers (and optionally top-k log-probs per generated token) with each video in context."""
+    tokenizer = processor.tokenizer
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # batched generation continues every row from its last real token
+    try:
+        inputs = processor.encode_videos([v.frames for v in videos], prompts,
+                                         timestamps=[v.timestamps for v in videos],
+                                         durations=[v.duration for v in videos])
+    finally:
+        tokenizer.padding_side = padding_side
+    inputs = inputs.to(vlm.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(vlm.dtype)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    output = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                          return_dict_in_generate=True, output_logits=top_k > 0, pad_token_id=pad_token_id)
+    generated = output.sequences[:, inputs["input_ids"].shape[1]:].tolist()
+    eos_ids = _eos_ids(vlm, processor)
+    results = []
+    for row, token_ids in enumerate(generated):
+        # Keep the tokens up to and including the first end-of-answer token; the rest is padding.
+        length = next((i + 1 for i, token in enumerate(token_ids) if token in eos_ids), len(token_ids))
+        token_ids = token_ids[:length]
+        text = tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+        logprobs = None
+        if top_k > 0:
+            steps = torch.stack([output.logits[t][row] for t in range(length)]).float().log_softmax(-1)
+            top = steps.topk(min(top_k, steps.shape[-1]), dim=-1)
+            logprobs = {"token_ids": token_ids, "top_ids": top.indices.tolist(),
+                        "top_logprobs": [[round(value, _LOGPROB_DECIMALS) for value in step]
+                                         for step in top.values.tolist()]}
+        results.append((text, logprobs))
+    return results
+
+
+def generate_teacher_targets(
+    vlm,
+    processor,
+    manifest: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike | None = None,
+    num_frames: int = 12,
+    frame_size: int = 384,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    top_k_logprobs: int = 0,
+    teacher_name: str | None = None,
+    process_index: int = 0,
+    num_processes: int = 1,
+    barrier: Callable[[], None] | None = None,
+    on_batch_end: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> TeacherReport:
+    """
+    Answer every prompt of `manifest` with the teacher and write the teacher manifest `output` (see module docstring).
+
+    Args:
+        vlm (`SmolVLMForConditionalGeneration`): The frozen teacher.
+        processor (`Video2LoRAProcessor`): Its processor.
+        manifest (`str` or `os.PathLike`): Input JSONL manifest; `target_text` may be missing or empty.
+        output (`str` or `os.PathLike`): Output manifest. `video_path` values are copied as written, so put it where
+            the input's relative paths still resolve (next to the input, or read it with the same `data_root`).
+        data_root (`str` or `os.PathLike`, *optional*): Root of relative video paths; see `resolve_data_root`.
+        num_frames (`int`, *optional*, defaults to 12): Frames sampled per video.
+        frame_size (`int`, *optional*, defaults to 384): Longest edge of a sampled frame.
+        batch_size (`int`, *optional*, defaults to 8): Rows answered per `generate` call.
+        max_new_tokens (`int`, *optional*, defaults to 64): Answer length limit.
+        top_k_logprobs (`int`, *optional*, defaults to 0): Store the top-k log-probs of every answer token when > 0.
+        teacher_name (`str`, *optional*): Recorded in each row's `metadata["teacher"]`.
+        process_index (`int`, *optional*, defaults to 0) / num_processes (`int`, *optional*, defaults to 1): This
+            process's shard: rows with `index % num_processes == process_index`.
+        barrier (`Callable`, *optional*): Called before the merge so that every process has finished its part.
+        on_batch_end (`Callable[[int], None]`, *optional*): Called with the number of rows written so far after each
+            batch is durably on disk (progress hooks; tests interrupt a run here).
+        progress (`bool`, *optional*, defaults to `True`): Show a tqdm bar on the main process.
+
+    Returns:
+        [`TeacherReport`].
+    """
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("num_frames", num_frames),
+                        ("frame_size", frame_size), ("num_processes", num_processes)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}.")
+    if top_k_logprobs < 0:
+        raise ValueError(f"top_k_logprobs must be >= 0, got {top_k_logprobs}.")
+    manifest, output = Path(manifest), Path(output)
+    if output.resolve() == manifest.resolve():
+        raise ValueError(f"--output must differ from --manifest ('{manifest}'); the input is never overwritten.")
+    report = TeacherReport()
+    manifest_report = read_manifest(manifest, data_root=data_root, strict=False, require_target=False)
+    raw_by_line = _raw_rows_by_line(manifest)
+    bad_lines = {line for line, _ in manifest_report.bad_rows}
+    valid_lines = [line for line in raw_by_line if line not in bad_lines]
+    if len(valid_lines) != len(manifest_report.rows):  # both come from the same file in one pass each
+        raise ManifestError(manifest, None, "the manifest changed while it was read; rerun")
+    rows = [(line, raw_by_line[line], resolved)
+            for line, resolved in zip(valid_lines, manifest_report.rows, strict=True)]
+    report.num_rows = len(rows)
+    if process_index == 0:
+        for line, reason in manifest_report.bad_rows:
+            logger.warning(f"{manifest}:{line}: skipped: {reason}")
+    report.bad_rows.extend(manifest_report.bad_rows)
+    if process_index == 0 and rows:
+        root = resolve_data_root(data_root, manifest)
+        if output.parent.resolve() != root and any(not os.path.isabs(raw["video_path"]) for _, raw, _ in rows):
+            logger.warning(f"{output} is not in the data root {root}: read it with data_root='{root}' (or "
+                           "--data_root), since its relative video paths are copied as written.")
+
+    # Resume: every id already answered, by any process of any earlier run, is skipped.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    own_part = _part_path(output, process_index)
+    _repair_torn_tail(own_part)
+    done: set[str] = set()
+    for source in [*_part_paths(output), *([output] if output.is_file() else [])]:
+        done.update(row["id"] for row in _read_rows(source))
+    mine = [entry for index, entry in enumerate(rows) if index % num_processes == process_index]
+    pending = [entry for entry in mine if entry[1]["id"] not in done]
+    report.num_resumed = len(mine) - len(pending)
+    if report.num_resumed:
+        logger.info(f"Resuming: {report.num_resumed} of this process's {len(mine)} rows are already answered.")
+
+    teacher_meta = {"model": teacher_name, "num_frames": num_frames, "frame_size": frame_size,
+                    "max_new_tokens": max_new_tokens}
+    video_cache: dict = {}
+    bar = tqdm(total=len(pending), desc="teacher", unit="row", disable=not progress or process_index != 0)
+    with own_part.open("a", encoding="utf-8") as part:
+        for start in range(0, len(pending), batch_size):
+            batch, videos = [], []
+            for line, raw, resolved in pending[start:start + batch_size]:
+                try:
+                    videos.append(_load_video(resolved, video_cache, num_frames=num_frames, frame_size=frame_size))
+                except (VideoDecodeError, OSError, ValueError) as error:
+                    reason = " ".join(str(error).split())
+                    logger.warning(f"{manifest}:{line}: skipped: {reason}")
+                    report.bad_rows.append((line, reason))
+                    continue
+                batch.append((line, raw, resolved))
+            answers = _answer_batch(vlm, processor, videos, [resolved["prompt"] for _, _, resolved in batch],
+                                    max_new_tokens=max_new_tokens, top_k=top_k_logprobs) if batch else []
+            for (line, raw, _), (text, logprobs) in zip(batch, answers, strict=True):
+                if not text:
+                    reason = "the teacher's answer is empty"
+                    logger.warning(f"{manifest}:{line}: skipped: {reason}")
+                    report.bad_rows.append((line, reason))
+                    continue
+                row = dict(raw)
+                row.setdefault("reference_text", raw.get("target_text", ""))
+                row["target_text"] = text
+                row["metadata"] = {**(raw.get("metadata") or {}), "teacher": teacher_meta}
+                if logprobs is not None:
+                    row["teacher_logprobs"] = logprobs
+                part.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+                report.num_generated += 1
+            # Durable per batch: a crash loses at most the batch in flight.
+            part.flush()
+            os.fsync(part.fileno())
+            bar.update(len(pending[start:start + batch_size]))
+            if on_batch_end is not None:
+                on_batch_end(report.num_generated)
+    bar.close()
+
+    if barrier is not None:
+        barrier()
+    if process_index == 0:
+        merged: dict[str, dict] = {}
+        for source in [*([output] if output.is_file() else []), *_part_paths(output)]:
+            merged.update((row["id"], row) for row in _read_rows(source))
+        write_manifest(output, (merged[raw["id"]] for _, raw, _ in rows if raw["id"] in merged))
+        for part_path in _part_paths(output):
+            part_path.unlink()
+        report.output = output
+        logger.info(f"Wrote {sum(raw['id'] in merged for _, raw, _ in rows)} of {len(rows)} rows to {output} "
+                    f"({len(report.bad_rows)} skipped).")
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m video2lora.teacher",
+        description="Replace each manifest row's target_text with the frozen base's greedy answer given the video.",
+    )
+    parser.add_argument("--model", required=True,
+                        help="SmolVLM folder or Hub id, or a Video2LoRA checkpoint (its base is used).")
+    parser.add_argument("--manifest", required=True, help="Input JSONL manifest.")
+    parser.add_argument("--output", required=True, help="Output JSONL manifest (written atomically; resumable).")
+    parser.add_argument("--data_root", default=None, help="Root of relative video paths (default: the manifest's "
+                        "folder, or $VIDEO2LORA_DATA_ROOT).")
+    parser.add_argument("--num_frames", type=int, default=None,
+                        help="Frames per video (default: the checkpoint's, else 12).")
+    parser.add_argument("--frame_size", type=int, default=None,
+                        help="Longest frame edge in pixels (default: the checkpoint's, else 384).")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--top_k_logprobs", type=int, default=0,
+                        help="Also store the teacher's top-k log-probs per answer token (for --kl_weight).")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> TeacherReport:
+    """Command line entry point; see `python -m video2lora.teacher --help`."""
+    from accelerate import PartialState
+
+    args = build_parser().parse_args(argv)
+    # accelerate only sets up several CPU processes (torchrun, `accelerate launch --multi_gpu` without GPUs) when
+    # told it runs on CPU; otherwise each process would believe it is alone and answer every row.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    state = PartialState(cpu=True) if multi_cpu else PartialState()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if state.is_main_process else logging.WARNING)
+    try:
+        dtype: Any = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+        vlm, processor, defaults = load_teacher(args.model, dtype=dtype, device=state.device)
+        report = generate_teacher_targets(
+            vlm, processor, args.manifest, args.output, data_root=args.data_root,
+            num_frames=args.num_frames or defaults.get("num_frames", 12),
+            frame_size=args.frame_size or defaults.get("frame_size", 384),
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_k_logprobs=args.top_k_logprobs,
+            teacher_name=str(args.model), process_index=state.process_index, num_processes=state.num_processes,
+            barrier=state.wait_for_everyone, progress=not args.no_progress,
+        )
+    except (ManifestError, ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if state.is_main_process:
+        print(f"teacher: {report.num_rows} rows, {len(report.bad_rows)} skipped, output {report.output}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
