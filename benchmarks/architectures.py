@@ -9,6 +9,7 @@ output says which weights it used.
 from __future__ import annotations
 
 import copy
+from functools import cache
 
 from transformers import PreTrainedTokenizerFast, SmolVLMConfig
 
@@ -51,8 +52,10 @@ BENCHMARK_CORPUS = [
 ]
 
 
+@cache
 def benchmark_tokenizer() -> PreTrainedTokenizerFast:
-    """A small byte-level BPE with SmolVLM2's special tokens; its ids are valid in any larger vocabulary."""
+    """A small byte-level BPE with SmolVLM2's special tokens; its ids are valid in any larger vocabulary. Cached: it
+    is trained in memory, and every model a benchmark builds shares it."""
     return build_tokenizer(BENCHMARK_CORPUS)
 
 

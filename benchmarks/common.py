@@ -238,14 +238,15 @@ def time_interleaved(cases: dict[str, Case], repeats: int, warmup: int = 1, *, b
     Time the cases side by side: `warmup` untimed rounds, then up to `repeats` rounds of one call per case.
 
     The order is rotated every round, so drift in the machine's load (other jobs on a shared CPU) spreads evenly over
-    the contenders instead of biasing the one that always runs first. The garbage collector is run before and paused
-    during each call, so a collection triggered by one contender's garbage is never charged to another. With
+    the contenders instead of biasing the one that always runs first. The garbage collector is paused during each call,
+    so a collection triggered by one contender's garbage is never charged to another. With
     `budget_s`, rounds stop once the timed rounds have used the budget and at least `min_repeats` are done: the
     slowest points of a sweep (a 1,024-frame Base query) get fewer rounds instead of minutes each.
     """
     names = list(cases)
     timings = {name: Timing() for name in names}
     spent, round_index = 0.0, 0
+    gc.collect()  # once: a full collection takes ~0.5 s with transformers imported; tensors are freed by refcount
     while round_index < warmup + repeats:
         timed = round_index >= warmup
         if timed and budget_s is not None and spent >= budget_s and round_index - warmup >= min(min_repeats, repeats):
@@ -257,7 +258,6 @@ def time_interleaved(cases: dict[str, Case], repeats: int, warmup: int = 1, *, b
             if not timed and not case.warmup:
                 continue
             state = case.prepare() if case.prepare is not None else None
-            gc.collect()
             gc.disable()
             try:
                 start = time.perf_counter()

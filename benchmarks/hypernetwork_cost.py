@@ -10,8 +10,8 @@ Time (interleaved, per frame count):
 - `decode`: `hypernetwork.decode(latents)` (decoder block + LoRA heads), independent of the frame count;
 - `kv_prefix_build`: the KV-prefix build of the same video, the one-time cost adapter generation competes with.
 
-Memory (one fresh subprocess per frame count and mode, peak RSS above the RSS after loading, Linux `VmHWM` reset via
-`clear_refs`): `adapter` is `generate_adapter` (streaming: each layer's states go to the perceiver and are dropped)
+Memory (one fresh subprocess per frame count and mode, peak RSS above the RSS after loading and a 1-frame warm-up,
+Linux `VmHWM` reset via `clear_refs`; the peak includes the video's pixel tensor, the same in both modes): `adapter` is `generate_adapter` (streaming: each layer's states go to the perceiver and are dropped)
 and `hidden_states` is what the published code holds, the stacked `[L, T, h]` states from `output_hidden_states`.
 
 Run: `python -m benchmarks.hypernetwork_cost --model tiny 500m` (about 8 minutes).
@@ -19,6 +19,7 @@ Run: `python -m benchmarks.hypernetwork_cost --model tiny 500m` (about 8 minutes
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -52,7 +53,7 @@ from modeling_video2lora import Video2LoRAModel
 SETTINGS = {
     "tiny": dict(time_frames=[8, 32, 128, 512, 1024], memory_frames=[8, 32, 128, 512, 1024], repeats=3, warmup=1),
     "500m": dict(time_frames=[8], memory_frames=[8, 16], repeats=2, warmup=0, image_size=256),
-    "quick": dict(time_frames=[2, 4], memory_frames=[2, 4], repeats=2, warmup=1),
+    "quick": dict(time_frames=[2, 4], memory_frames=[2], repeats=2, warmup=1),
 }
 MEMORY_MODES = ("adapter", "hidden_states")
 TARGET_GENERATION_OVER_KV = 1.2
@@ -141,34 +142,46 @@ def memory_worker(name: str, num_frames: int, mode: str, image_size: int | None,
     """Runs in a fresh process: peak RSS of one adapter generation (or one full-states capture) above the baseline."""
     torch.set_num_threads(threads)
     bench = load_model(name, image_size=image_size)
-    context = bench.processor.encode_videos([make_frames(num_frames, bench.image_size)],
-                                            bench.model.config.instruction)
+
+    def encode(frames: int) -> None:
+        context = bench.processor.encode_videos([make_frames(frames, bench.image_size)],
+                                                bench.model.config.instruction)
+        with torch.inference_mode():
+            if mode == "adapter":
+                bench.model.generate_adapter(**context)
+            else:
+                # What the published code keeps: every layer's input, stacked [B, L, T, h] before the hypernetwork.
+                states = bench.vlm.model(**context, use_cache=False, output_hidden_states=True).hidden_states
+                torch.stack(states[:-1], dim=1)
+
+    encode(1)  # one-off lazy initialization (kernels, thread pools, allocator arenas) stays out of the measurement
+    gc.collect()
     baseline = current_rss_bytes()
     resettable = reset_peak_rss()
-    with torch.inference_mode():
-        if mode == "adapter":
-            bench.model.generate_adapter(**context)
-        else:
-            # What the published code keeps: every layer's input, stacked [B, L, T, h] before the hypernetwork runs.
-            states = bench.vlm.model(**context, use_cache=False, output_hidden_states=True).hidden_states
-            torch.stack(states[:-1], dim=1)
-    return {"frames": num_frames, "mode": mode, "context_tokens": context["input_ids"].shape[1],
+    encode(num_frames)
+    return {"frames": num_frames, "mode": mode,
             "baseline_rss_bytes": baseline, "peak_rss_bytes": peak_rss_bytes(),
             "peak_above_baseline_bytes": peak_rss_bytes() - baseline, "peak_reset": resettable}
 
 
 def measure_memory(name: str, frame_counts: list[int], image_size: int | None, threads: int) -> list[dict[str, Any]]:
+    """One fresh worker process per (frame count, mode); the modes of one frame count run side by side (peak RSS is
+    per process, so they do not disturb each other's measurement, and the import time is paid once per pair)."""
     rows = []
     for num_frames in frame_counts:
+        workers = {}
         for mode in MEMORY_MODES:
             command = [sys.executable, "-m", "benchmarks.hypernetwork_cost", "--memory-worker", mode, "--model", name,
                        "--frames", str(num_frames), "--threads", str(threads)]
             if image_size:
                 command += ["--image-size", str(image_size)]
-            done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
-            if done.returncode != 0:
-                raise RuntimeError(f"memory worker failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            workers[mode] = (command, subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                                       stderr=subprocess.PIPE, text=True))
+        for mode, (command, worker) in workers.items():
+            stdout, stderr = worker.communicate(timeout=1200)
+            if worker.returncode != 0:
+                raise RuntimeError(f"memory worker failed ({' '.join(command)}):\n{stderr[-3000:]}")
+            rows.append(json.loads(stdout.strip().splitlines()[-1]))
             print(f"  {name} memory {mode:>13} {num_frames:>5} frames: peak +"
                   f"{format_bytes(rows[-1]['peak_above_baseline_bytes'])}", flush=True)
     return rows
@@ -192,18 +205,18 @@ def run_model(name: str, args) -> dict[str, Any]:
         print(f"  {name} {num_frames:>5} frames: generation {row['adapter_generation_s'] * 1e3:9.1f} ms, VLM share "
               f"{row['vlm_share_of_generation']:.2f}, hypernetwork share {row['hypernetwork_share_of_generation']:.2f}"
               f", generation / KV build {row['generation_over_kv_prefix_build']:.2f}x", flush=True)
-    del bench, variants
+    description, macs = bench.describe(), per_token_macs(bench)
+    variant_macs = {label: per_token_macs(bench, variant.config) for label, variant in variants.items()}
+    del bench, variants  # free the model before the memory workers load their own
     memory_rows = measure_memory(name, args.frames or settings["memory_frames"], image_size, args.threads)
-    probe = load_model("quick") if name == "quick" else None
-    macs = per_token_macs(probe or load_model(name, image_size=image_size))
     worst = max(row["generation_over_kv_prefix_build"] for row in timing_rows)
     result = {
-        "benchmark": "hypernetwork_cost", "model": None, "machine": machine_info(), "repeats": repeats,
+        "benchmark": "hypernetwork_cost", "model": description, "machine": machine_info(), "repeats": repeats,
         "image_size": image_size, "timing": timing_rows, "memory": memory_rows, "macs_per_token_per_layer": macs,
+        "variants_macs_per_token_per_layer": variant_macs,
         "summary": {"max_generation_over_kv_prefix_build": worst, "target": TARGET_GENERATION_OVER_KV,
                     "target_holds": worst <= TARGET_GENERATION_OVER_KV},
     }
-    result["model"] = load_model(name, image_size=image_size).describe() if name != "quick" else probe.describe()
     print(f"\nAdapter generation split, {name} ({result['model']['weights']})")
     print(format_table(
         ["frames", "ctx tokens", "vision ms", "VLM fwd ms", "VLM part ms", "perceiver enc ms", "decode ms",

@@ -800,23 +800,47 @@ model = SmolVLMForConditionalGeneration.from_pretrained("checkpoints/smolvlm-wor
 processor = Video2LoRAProcessor.from_pretrained("checkpoints/smolvlm-world")
 ```
 
-Reproduce: `{command}`
+Reproduce (CPU, resumable with `--resume`): `{command}`
 
-Held-out exact match (test seeds, greedy) is in `eval.json`.
-"""
+{results}"""
+
+REPRODUCE_COMMAND = (
+    "python -m video2lora.world.base_model --output_dir runs/base --minutes 80 --export checkpoints/smolvlm-world "
+    "--eval_test"
+)
+
+
+def _results_section(result: dict | None) -> str:
+    if not result:
+        return "Held-out exact match (test seeds, greedy) is written to `eval.json` by `--eval_test`.\n"
+    lines = [
+        f"Greedy exact match on {result['num_items']['overall']} questions of {result.get('num_clips', '?')} "
+        f"held-out {result.get('split', 'test')} clips (`eval.json`); *blind* is the same model without the video:",
+        "",
+        "| question type | items | with video | blind |",
+        "|---|---|---|---|",
+    ]
+    for kind, count in result["num_items"].items():
+        lines.append(f"| {kind} | {count} | {result['video'][kind]:.3f} | {result['blind'][kind]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(path: str, num_parameters: int, command: str = REPRODUCE_COMMAND,
+                     result: dict | None = None) -> None:
+    """Write the folder's `README.md`, with the evaluation table when `result` is given."""
+    with open(os.path.join(path, "README.md"), "w") as handle:
+        handle.write(MODEL_CARD.format(num_parameters=num_parameters, command=command,
+                                       results=_results_section(result)))
 
 
 def export_base(model: SmolVLMForConditionalGeneration, processor: Video2LoRAProcessor, path: str,
-                command: str = "python -m video2lora.world.base_model --output_dir runs/base --export "
-                "checkpoints/smolvlm-world") -> None:
+                command: str = REPRODUCE_COMMAND) -> None:
     """Save the base as a standard Hugging Face folder: weights, config, generation config, processor, card."""
     os.makedirs(path, exist_ok=True)
     model.generation_config = base_generation_config(processor.tokenizer)
     model.save_pretrained(path)
     processor.save_pretrained(path)
-    num_parameters = sum(p.numel() for p in model.parameters())
-    with open(os.path.join(path, "README.md"), "w") as handle:
-        handle.write(MODEL_CARD.format(num_parameters=num_parameters, command=command))
+    write_model_card(path, sum(p.numel() for p in model.parameters()), command)
 
 
 def evaluate_folder(path: str, num_clips: int = 100, threads: int = 2) -> dict:
@@ -828,6 +852,7 @@ def evaluate_folder(path: str, num_clips: int = 100, threads: int = 2) -> dict:
     result["split"], result["num_clips"], result["world_options"] = "test", num_clips, WORLD_OPTIONS
     with open(os.path.join(path, "eval.json"), "w") as handle:
         json.dump(result, handle, indent=2)
+    write_model_card(path, sum(p.numel() for p in model.parameters()), result=result)
     return result
 
 

@@ -1,0 +1,89 @@
+"""Smoke tests of the efficiency benchmarks: each script's `--quick` run on the tests' tiny random model writes JSON
+with the expected keys and values that must hold exactly (token counts, byte formulas), whatever the timings."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import adapter_overhead, batched_serving, hypernetwork_cost, query_time
+
+
+@pytest.fixture
+def run_quick(tmp_path):
+    """Run a benchmark's `main` with `--quick` into `tmp_path`; restore torch's thread count afterwards."""
+    threads = torch.get_num_threads()
+
+    def run(module, name: str) -> dict:
+        module.main(["--quick", "--output-dir", str(tmp_path)])
+        return json.loads((tmp_path / f"{name}_quick.json").read_text())
+
+    yield run
+    torch.set_num_threads(threads)
+
+
+def test_query_time(run_quick, tmp_path):
+    result = run_quick(query_time, "query_time")
+    model = result["model"]
+    assert result["machine"]["torch_threads"] == 1 and "random weights" in model["weights"]
+    expected_adapter = model["lora_rank_effective"] * (model["intermediate_size"] + model["hidden_size"]) * (
+        model["text_layers"] * 2)
+    assert {(p["image_size"], p["frames"]) for p in result["points"]} == {(64, 2), (64, 4), (32, 2)}
+    for point in result["points"]:
+        frames, per_frame = point["frames"], point["tokens_per_frame"]
+        assert per_frame == (16 if point["image_size"] == 64 else 4)
+        visual = point["visual_tokens"]
+        assert visual["base"] == visual["kv_reuse_attended"] == frames * per_frame
+        assert visual["v2l"] == visual["kv_reuse"] == visual["v2l_header_cached"] == 0
+        assert point["prompt_tokens"]["base"] == point["prompt_tokens"]["kv_prefix"] + point["prompt_tokens"]["kv_reuse"]
+        adapter = point["bytes_per_video"]["adapter_bf16"]
+        assert adapter["weight_bytes"] == adapter["expected_weight_bytes"] == expected_adapter  # no fp32, no copies
+        assert adapter["total_bytes"] == adapter["weight_bytes"] + adapter["metadata_bytes"]
+        kv = point["bytes_per_video"]["kv_prefix_bf16"]
+        assert kv["tokens"] == point["prompt_tokens"]["kv_prefix"]
+        assert kv["formula_bytes"] == kv["counted_bytes"] == (
+            2 * model["text_layers"] * model["kv_heads"] * model["head_dim"] * kv["tokens"] * 2)
+        assert point["kv_reuse_max_abs_logit_error"] < 1e-3  # KV reuse answers exactly like Base
+        assert point["v2l_header_cached_max_abs_logit_error"] < 1e-4
+        assert all(t > 0 for t in point["ttft_s"].values()) and set(point["ttft_s"]) == {
+            "base", "kv_reuse", "v2l", "v2l_header_cached"}
+        assert point["speedup"]["base_over_v2l"] == pytest.approx(point["ttft_s"]["base"] / point["ttft_s"]["v2l"])
+        assert set(point["break_even_questions"]) == {"v2l_vs_base", "v2l_vs_kv_reuse", "kv_reuse_vs_base"}
+    assert set(result["summary"]["targets"]) >= {"v2l_at_least_20x_faster_than_base_everywhere",
+                                                 "v2l_faster_than_kv_reuse_everywhere"}
+    assert (tmp_path / "query_time_quick.png").stat().st_size > 0
+
+
+def test_adapter_overhead(run_quick):
+    result = run_quick(adapter_overhead, "adapter_overhead")
+    assert [row["prompt"] for row in result["rows"]] == ["short", "medium", "long"]
+    assert result["rows"][0]["tokens"] < result["rows"][1]["tokens"] < result["rows"][2]["tokens"]
+    for row in result["rows"]:
+        assert row["bare_s"] > 0 and row["v2l_s"] > 0
+        assert row["overhead"] == pytest.approx(row["v2l_s"] / row["bare_s"])
+    assert 0 < result["lora_flop_fraction"] < 0.1
+    assert result["summary"]["target"] == 1.05
+
+
+def test_batched_serving(run_quick):
+    result = run_quick(batched_serving, "batched_serving")
+    assert result["videos"] == 2 and result["target"]["throughput_ratio_at_least"] == pytest.approx(1.6)
+    for phase in ("prefill", "answer"):
+        medians = result["phases"][phase]["median_s"]
+        assert set(medians) == {"v2l_batched", "v2l_sequential", "bare_batched", "bare_sequential"}
+        assert result["phases"][phase]["throughput_ratio_v2l"] == pytest.approx(
+            medians["v2l_sequential"] / medians["v2l_batched"])
+
+
+def test_hypernetwork_cost(run_quick):
+    result = run_quick(hypernetwork_cost, "hypernetwork_cost")
+    assert [row["frames"] for row in result["timing"]] == [2, 4]
+    for row in result["timing"]:
+        assert row["adapter_generation_s"] == pytest.approx(row["median_s"]["encode_context"]
+                                                            + row["median_s"]["decode"])
+        assert 0 < row["vlm_share_of_generation"] <= 1.5  # a ratio of medians; noise may push it slightly over 1
+    assert {(row["frames"], row["mode"]) for row in result["memory"]} == {
+        (2, "adapter"), (2, "hidden_states")}
+    assert all(row["peak_above_baseline_bytes"] >= 0 for row in result["memory"])
+    assert set(result["macs_per_token_per_layer"]) == {"decoder_layer", "perceiver_input_projection",
+                                                       "perceiver_context_kv"}
