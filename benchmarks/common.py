@@ -140,6 +140,21 @@ def load_model(name: str, image_size: int | None = None, seed: int = 0) -> Bench
     raise ValueError(f"Unknown model {name!r}; choose from {MODEL_CHOICES}.")
 
 
+@torch.inference_mode()
+def warm_up(bench: BenchModel) -> None:
+    """
+    One adapter generation and one video query on a single frame: the process's first forward pays one-off costs
+    (lazy kernel and thread-pool set-up, allocator growth) that would otherwise land on whichever contender runs first.
+    Costs a few seconds even at 500M, against a minute for a warm-up round at the real shapes.
+    """
+    inputs = query_inputs(bench, 1)
+    adapter = bench.model.generate_adapter(**inputs.context)
+    bench.vlm(input_ids=inputs.base_ids, pixel_values=inputs.pixel_values,
+              pixel_attention_mask=inputs.pixel_attention_mask, logits_to_keep=1)
+    with bench.model.apply_adapter(adapter):
+        bench.vlm(input_ids=inputs.text_ids, logits_to_keep=1)
+
+
 def _random_model(name: str, base_config, tokenizer, hypernetwork: dict, weights: str) -> BenchModel:
     config = Video2LoRAConfig(base_config=base_config, **hypernetwork)
     processor = build_processor(tokenizer, base_config)
@@ -271,6 +286,15 @@ def time_interleaved(cases: dict[str, Case], repeats: int, warmup: int = 1, *, b
                 spent += elapsed
             del state, result
     return timings
+
+
+def paired_ratio(numerator: Timing, denominator: Timing) -> float:
+    """
+    Median over rounds of the per-round ratio. The two calls of a round run seconds apart, so a slow drift in the
+    machine's load cancels in each round's ratio: steadier than the ratio of the two medians when the effect sought
+    (a few percent) is smaller than the drift.
+    """
+    return statistics.median(a / b for a, b in zip(numerator.samples, denominator.samples, strict=True))
 
 
 def ratio(numerator: float, denominator: float) -> float:

@@ -47,7 +47,7 @@ def test_query_time(run_quick, tmp_path):
         assert point["v2l_header_cached_max_abs_logit_error"] < 1e-4
         assert all(t > 0 for t in point["ttft_s"].values()) and set(point["ttft_s"]) == {
             "base", "kv_reuse", "v2l", "v2l_header_cached"}
-        assert point["speedup"]["base_over_v2l"] == pytest.approx(point["ttft_s"]["base"] / point["ttft_s"]["v2l"])
+        assert len(point["ttft_fine_samples_s"]["v2l"]) == 3 and point["speedup"]["base_over_v2l"] > 0
         assert set(point["break_even_questions"]) == {"v2l_vs_base", "v2l_vs_kv_reuse", "kv_reuse_vs_base"}
     assert set(result["summary"]["targets"]) >= {"v2l_at_least_20x_faster_than_base_everywhere",
                                                  "v2l_faster_than_kv_reuse_everywhere"}
@@ -60,7 +60,8 @@ def test_adapter_overhead(run_quick):
     assert result["rows"][0]["tokens"] < result["rows"][1]["tokens"] < result["rows"][2]["tokens"]
     for row in result["rows"]:
         assert row["bare_s"] > 0 and row["v2l_s"] > 0
-        assert row["overhead"] == pytest.approx(row["v2l_s"] / row["bare_s"])
+        assert row["overhead_of_medians"] == pytest.approx(row["v2l_s"] / row["bare_s"])
+        assert row["overhead"] > 0 and row["mlp_overhead"] > 0
     assert 0 < result["lora_flop_fraction"] < 0.1
     assert result["summary"]["target"] == 1.05
 
@@ -71,8 +72,9 @@ def test_batched_serving(run_quick):
     for phase in ("prefill", "answer"):
         medians = result["phases"][phase]["median_s"]
         assert set(medians) == {"v2l_batched", "v2l_sequential", "bare_batched", "bare_sequential"}
-        assert result["phases"][phase]["throughput_ratio_v2l"] == pytest.approx(
+        assert result["phases"][phase]["throughput_ratio_v2l_of_medians"] == pytest.approx(
             medians["v2l_sequential"] / medians["v2l_batched"])
+        assert result["phases"][phase]["throughput_ratio_v2l"] > 0
 
 
 def test_hypernetwork_cost(run_quick):

@@ -86,7 +86,8 @@ class BaseTrainingArguments:
         learning_rate (`float`): Peak AdamW learning rate.
         warmup_fraction (`float`): Fraction of the run spent in linear warm-up before the cosine decay.
         schedule_minutes (`float`): Wall time the learning-rate schedule spans, across resumptions (defaults to
-            `minutes`). Progress is the further of `step / max_steps` and elapsed training time over this.
+            `minutes`). Progress is the further of `step / max_steps` and elapsed training time over this. Given
+            with `--resume`, it replaces the checkpoint's span, which lets a finished run continue.
         weight_decay (`float`): AdamW weight decay.
         shape_weight (`float`): Weight of the per-token shape loss relative to the colour loss.
         aux_weight (`float`): Weight of all auxiliary losses relative to the answer loss.
@@ -698,6 +699,10 @@ def train_base(args: BaseTrainingArguments, resume: bool = False,
         heads.load_state_dict(state["aux_heads"])
         optimizer.load_state_dict(state["optimizer"])
         schedule = state["scheduler"]
+        if args.schedule_minutes:
+            # An explicit span on resume stretches the schedule (a warm restart of the cosine), so that a finished
+            # run can be continued instead of stopping at once at progress 1.
+            schedule["total_s"] = 60.0 * args.schedule_minutes
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
 
@@ -736,7 +741,7 @@ def train_base(args: BaseTrainingArguments, resume: bool = False,
         optimizer.step()
         step += 1
         for name, value in losses.items():
-            running[name] += float(value)
+            running[name] += value.item() if isinstance(value, torch.Tensor) else float(value)
         running_count += 1
         progress.update(1)
         progress.set_postfix(loss=f"{float(losses['loss']):.3f}", answer=f"{float(losses.get('answer', 0)):.3f}")

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Retrain the embedded default from scratch on CPU: the tiny SmolVLM teacher, then the Video2LoRA hypernetwork.
+# Every step resumes where it stopped when rerun (world rendering is deterministic by seed, the teacher and both
+# trainings checkpoint atomically). Wall time on 2 shared CPU cores: see README.md, "The embedded default".
+#
+#   bash scripts/train_embedded_default.sh            # both steps
+#   SKIP_BASE=1 bash scripts/train_embedded_default.sh  # only the hypernetwork, on checkpoints/smolvlm-world
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+DATA=${DATA:-data/world}
+RUNS=${RUNS:-runs}
+BASE=checkpoints/smolvlm-world
+V2L=checkpoints/video2lora-world
+
+# 1. The frozen base and teacher: a tiny SmolVLM trained from scratch on in-memory world clips (DESIGN.md §8).
+if [ -z "${SKIP_BASE:-}" ]; then
+  resume=(); [ -d "$RUNS/base/last-checkpoint" ] && resume=(--resume)
+  python -m video2lora.world.base_model --output_dir "$RUNS/base" --minutes "${BASE_MINUTES:-60}" \
+    --export "$BASE" --eval_test "${resume[@]}"
+fi
+
+# 2. World clips on disk, as a user's data would be: MP4 files plus DESIGN.md §5 manifests.
+[ -f "$DATA/train.jsonl" ] || python -m video2lora.world --out "$DATA" --split train --num-clips 3000 --no-progress
+[ -f "$DATA/test.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 150 --no-progress
+[ -f "$DATA/test_two_segment.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 60 \
+  --two-segment --no-progress
+
+# 3. Teacher targets: the base's own greedy answers with the video in context.
+OMP_NUM_THREADS=1 python -m video2lora.teacher --model "$BASE" --manifest "$DATA/train.jsonl" \
+  --output "$DATA/train_teacher.jsonl" --num_frames 4 --frame_size 64 --batch_size 64
+
+# 4. The hypernetwork (DESIGN.md §8: 16 latents of width 128, 2 blocks, rank 8, per-layer heads).
+resume=(); ls -d "$RUNS/video2lora"/checkpoint-* >/dev/null 2>&1 && resume=(--resume_from_checkpoint last)
+OMP_NUM_THREADS=1 python train_hf.py --base_model_name_or_path "$BASE" --base_model_reference ../smolvlm-world \
+  --train_manifest "$DATA/train_teacher.jsonl" --data_root "$DATA" --output_dir "$RUNS/video2lora" \
+  --lora_r 8 --latent_size 128 --num_latents 16 --num_blocks 2 --num_attention_heads 4 \
+  --num_frames 4 --frame_size 64 --questions_per_video 8 --per_device_train_batch_size 8 \
+  --num_train_epochs "${EPOCHS:-4}" --learning_rate 1e-3 --logging_steps 25 --save_strategy steps --save_steps 200 \
+  --save_total_limit 2 --report_to none "${resume[@]}"
+
+# 5. Ship the final hypernetwork beside its base (weights, config, processor files, custom code; no pickles).
+mkdir -p "$V2L"
+for f in config.json model.safetensors processor_config.json tokenizer.json tokenizer_config.json \
+         chat_template.jinja configuration_video2lora.py modeling_video2lora.py perceiver_video2lora.py \
+         processing_video2lora.py; do
+  cp "$RUNS/video2lora/$f" "$V2L/$f"
+done
+
+# 6. Quality on held-out clips (DESIGN.md §6): Base vs Video2LoRA vs Blind.
+python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model "$V2L" --output_dir "$V2L/eval"
