@@ -7,6 +7,7 @@ This is a Hub file: it imports only torch, transformers, peft, its sibling Hub f
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -279,7 +280,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
     def __init__(self, config: Video2LoRAConfig, vlm: SmolVLMForConditionalGeneration | None = None,
                  processor: Video2LoRAProcessor | None = None):
         if config.base_config is None and vlm is not None:
-            config.base_config = vlm.config
+            # A copy: model init sets attention settings on its config, which must not leak into the live base.
+            config.base_config = copy.deepcopy(vlm.config)
         super().__init__(config)
         self.hypernetwork = PerceiverHypernetwork(config)
         self.post_init()
@@ -550,19 +552,24 @@ class _LoraDelta:
     """Forward hook adding `B (A x)` per batch row to a linear layer's output."""
 
     def __init__(self, lora_a: torch.Tensor, lora_b: torch.Tensor):
-        self.lora_a, self.lora_b = lora_a, lora_b  # [b, r, in], [b, out, r]
+        # Transposed once here, so that each call is two batched matmuls fused into the add: [b, in, r], [b, r, out].
+        self.lora_a_t, self.lora_b_t = lora_a.transpose(1, 2), lora_b.transpose(1, 2)
 
     def __call__(self, module, inputs, output):
         x = inputs[0]  # [rows, S, in]
-        lora_a, lora_b = self.lora_a.to(x.dtype), self.lora_b.to(x.dtype)
-        if lora_a.shape[0] != x.shape[0] and lora_a.shape[0] != 1:
-            if x.shape[0] % lora_a.shape[0]:
-                raise ValueError(f"{x.shape[0]} rows cannot share {lora_a.shape[0]} adapters.")
-            # generate() expands each prompt into beams / samples next to each other
-            repeats = x.shape[0] // lora_a.shape[0]
-            lora_a, lora_b = lora_a.repeat_interleave(repeats, 0), lora_b.repeat_interleave(repeats, 0)
-        down = torch.einsum("bsi,bri->bsr", x, lora_a)  # [rows, S, r]
-        return output + torch.einsum("bsr,bor->bso", down, lora_b)
+        lora_a_t, lora_b_t = self.lora_a_t, self.lora_b_t
+        if lora_a_t.dtype != x.dtype:
+            lora_a_t, lora_b_t = lora_a_t.to(x.dtype), lora_b_t.to(x.dtype)
+        rows = x.shape[0]
+        if lora_a_t.shape[0] != rows:
+            if lora_a_t.shape[0] != 1 and rows % lora_a_t.shape[0]:
+                raise ValueError(f"{rows} rows cannot share {lora_a_t.shape[0]} adapters.")
+            if lora_a_t.shape[0] == 1:  # one adapter serves every row: a stride-0 view, no copies
+                lora_a_t, lora_b_t = lora_a_t.expand(rows, -1, -1), lora_b_t.expand(rows, -1, -1)
+            else:  # generate() expanded each prompt into beams / samples side by side
+                repeats = rows // lora_a_t.shape[0]
+                lora_a_t, lora_b_t = lora_a_t.repeat_interleave(repeats, 0), lora_b_t.repeat_interleave(repeats, 0)
+        return torch.baddbmm(output, torch.bmm(x, lora_a_t), lora_b_t)  # output + (x A^T) B^T
 
 
 def _sample(video, num_frames: int, fps: float | None, timestamps, duration):

@@ -30,8 +30,12 @@ def query_time_section(model: str) -> list[str]:
     if result is None:
         return []
     lines = [f"### Query time: {model} ({_weights(result)})", ""]
-    if result.get("frame_range_note"):
-        lines += [f"Frame range: {result['frame_range_note']}.", ""]
+    note = result.get("frame_range_note")
+    if note:
+        lines += [f"{note[0].upper()}{note[1:]}.", ""]
+    lines += ["Ratios are paired per round (the median of per-round ratios): Base / V2L comes from the block where Base "
+              "ran with the others, KV / V2L from the longer block of the three cheap contenders, whose medians the "
+              "ms columns show; so Base / V2L is not the quotient of the two ms columns.", ""]
     rows = []
     for p in result["points"]:
         ttft, speed = p["ttft_s"], p["speedup"]
