@@ -4,16 +4,16 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a Hub lookup would hang for minutes before failing
 
-import numpy as np
-import pytest
-import torch
+import numpy as np  # noqa: E402  (the offline flag must be set before transformers is imported)
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from configuration_video2lora import Video2LoRAConfig  # noqa: E402
+from modeling_video2lora import Video2LoRAModel  # noqa: E402
+from video2lora.tiny import build_processor, build_tokenizer, tiny_smolvlm_config  # noqa: E402
 
 # Tiny models: with 2 threads on a shared 2-core machine, thread hand-offs cost more than the matmuls themselves.
 torch.set_num_threads(1)
-
-from configuration_video2lora import Video2LoRAConfig
-from modeling_video2lora import Video2LoRAModel
-from video2lora.tiny import build_processor, build_tokenizer, tiny_smolvlm_config
 
 TINY_HYPERNETWORK = dict(lora_r=4, latent_size=32, num_latents=4, num_blocks=2, num_attention_heads=4,
                          input_projection_size=32, num_frames=4, frame_size=64)
