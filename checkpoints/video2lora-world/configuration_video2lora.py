@@ -1,0 +1,168 @@
+"""Configuration of the Video2LoRA hypernetwork.
+
+This is a Hub file: it imports only torch, transformers, peft, its sibling Hub files and the standard library, so
+`AutoConfig.from_pretrained(..., trust_remote_code=True)` works on machines that never installed this project.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from transformers import PreTrainedConfig, SmolVLMConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# Decoder-layer linear modules that can carry the generated LoRA, with their (in_features, out_features) read off a
+# Llama-style text config. Names are relative to one decoder layer.
+_TARGET_MODULE_DIMS = {
+    "mlp.down_proj": lambda c: (c.intermediate_size, c.hidden_size),
+    "mlp.up_proj": lambda c: (c.hidden_size, c.intermediate_size),
+    "mlp.gate_proj": lambda c: (c.hidden_size, c.intermediate_size),
+    "self_attn.q_proj": lambda c: (c.hidden_size, c.num_attention_heads * _head_dim(c)),
+    "self_attn.k_proj": lambda c: (c.hidden_size, c.num_key_value_heads * _head_dim(c)),
+    "self_attn.v_proj": lambda c: (c.hidden_size, c.num_key_value_heads * _head_dim(c)),
+    "self_attn.o_proj": lambda c: (c.num_attention_heads * _head_dim(c), c.hidden_size),
+}
+HEAD_TYPES = ("per_layer", "shared")
+DEFAULT_INSTRUCTION = "Internalize this video for later captioning."
+
+
+def _head_dim(text_config) -> int:
+    return getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+
+
+class Video2LoRAConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`Video2LoRAModel`]: a perceiver hypernetwork that reads the per-layer hidden states of a
+    frozen SmolVLM2 over a video and emits one LoRA adapter per video, in a single forward pass.
+
+    Args:
+        base_model_name_or_path (`str`, *optional*):
+            Hub id or local folder of the frozen `SmolVLMForConditionalGeneration`, e.g.
+            `"HuggingFaceTB/SmolVLM2-2.2B-Instruct"`. The base is loaded by reference and never copied into the
+            hypernetwork checkpoint. A relative path starting with `./` or `../` resolves against the folder the
+            hypernetwork is loaded from, so a checkpoint can name a base shipped beside it. When `None`, the base is
+            built from `base_config` with random weights and saved together with the hypernetwork (tests, tiny
+            models).
+        base_model_revision (`str`, *optional*):
+            Revision (branch, tag or commit) of `base_model_name_or_path` on the Hub.
+        base_config (`SmolVLMConfig` or `dict`, *optional*):
+            Architecture of the frozen base. Filled in from the loaded base when missing; required when
+            `base_model_name_or_path` is `None`. The hypernetwork's output shapes are read from its text config.
+        lora_r (`int`, *optional*, defaults to 16):
+            Rank of the video-dependent part of the adapter, per target module and layer.
+        lora_scale (`float`, *optional*):
+            Multiplier of the LoRA update `s * B (A x)`. Defaults to `2 * lora_r ** 1.5` (128 for rank 16), the
+            published recipe, which applies it directly rather than as `alpha / r`.
+        target_modules (`list[str]`, *optional*, defaults to `["mlp.down_proj"]`):
+            Linear modules of each text-decoder layer that receive a LoRA, named relative to the layer. One of
+            `mlp.{down,up,gate}_proj` and `self_attn.{q,k,v,o}_proj`. The vision tower is never targeted.
+        use_bias_block (`bool`, *optional*, defaults to `True`):
+            Concatenate a learned, video-independent rank-`lora_r` block to every adapter, so the effective rank is
+            `2 * lora_r`. Its B starts at zero.
+        latent_size (`int`, *optional*, defaults to 512):
+            Width `d` of the perceiver.
+        num_latents (`int`, *optional*, defaults to 8):
+            Number of learned latent queries that summarize one layer's states.
+        num_blocks (`int`, *optional*, defaults to 9):
+            Encoder blocks, each a cross-attention from the latents to the context followed by an MLP.
+        num_attention_heads (`int`, *optional*, defaults to 8):
+            Heads of every perceiver attention; must divide `latent_size`.
+        mlp_ratio (`int`, *optional*, defaults to 4):
+            Hidden width of the perceiver MLPs as a multiple of `latent_size`.
+        input_projection_size (`int`, *optional*):
+            Hidden width of the MLP that projects the base's hidden states to `latent_size`. Defaults to the
+            base's MLP intermediate size.
+        head_type (`str`, *optional*, defaults to `"per_layer"`):
+            `"per_layer"` (the published head: one `d -> in + out` map per decoder layer, the bulk of the
+            parameters) or `"shared"` (one map for all layers, told apart by a learned layer embedding).
+        use_layer_embedding (`bool`, *optional*, defaults to `False`):
+            Add a learned per-layer embedding to the latents. Always on for the `"shared"` head, which needs it.
+        instruction (`str`, *optional*, defaults to `"Internalize this video for later captioning."`):
+            Text placed after the frames when the base encodes a video.
+        num_frames (`int`, *optional*, defaults to 12):
+            Frames sampled per video in training; the default for `internalize`.
+        frame_size (`int`, *optional*, defaults to 384):
+            Longest edge of a sampled frame in training; the default for `internalize`.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initializer of the hypernetwork's weights.
+    """
+
+    model_type = "video2lora"
+    sub_configs_defaults: ClassVar = {"base_config": SubConfigSpec(SmolVLMConfig, optional=True)}
+
+    base_model_name_or_path: str | None = None
+    base_model_revision: str | None = None
+    base_config: dict | PreTrainedConfig | None = None
+    lora_r: int = 16
+    lora_scale: float | None = None
+    target_modules: list[str] | None = None
+    use_bias_block: bool = True
+    latent_size: int = 512
+    num_latents: int = 8
+    num_blocks: int = 9
+    num_attention_heads: int = 8
+    mlp_ratio: int = 4
+    input_projection_size: int | None = None
+    head_type: str = "per_layer"
+    use_layer_embedding: bool = False
+    instruction: str = DEFAULT_INSTRUCTION
+    num_frames: int = 12
+    frame_size: int = 384
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.target_modules is None:
+            self.target_modules = ["mlp.down_proj"]
+        if self.lora_scale is None:
+            self.lora_scale = 2.0 * self.lora_r**1.5
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(message: str):
+            raise ValueError(f"Invalid Video2LoRAConfig: {message}")
+
+        for name in ("lora_r", "latent_size", "num_latents", "num_blocks", "num_attention_heads", "mlp_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                fail(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.num_frames < 1 or self.frame_size < 1:
+            fail(f"`num_frames` and `frame_size` must be positive, got {self.num_frames} and {self.frame_size}.")
+        if self.latent_size % self.num_attention_heads:
+            fail(f"`latent_size` ({self.latent_size}) must be divisible by `num_attention_heads` "
+                 f"({self.num_attention_heads}).")
+        if self.head_type not in HEAD_TYPES:
+            fail(f"`head_type` must be one of {HEAD_TYPES}, got {self.head_type!r}.")
+        if not self.target_modules or len(set(self.target_modules)) != len(self.target_modules):
+            fail(f"`target_modules` must be a non-empty list without repeats, got {self.target_modules!r}.")
+        unknown = [name for name in self.target_modules if name not in _TARGET_MODULE_DIMS]
+        if unknown:
+            fail(f"unknown target modules {unknown}; choose from {sorted(_TARGET_MODULE_DIMS)}.")
+        if self.base_model_name_or_path is None and self.base_config is None:
+            fail("give `base_model_name_or_path` (Hub id or folder) or `base_config` (random base, for tests).")
+        if self.base_config is not None and not isinstance(self.base_config, SmolVLMConfig):
+            fail(f"`base_config` must be a SmolVLMConfig, got {type(self.base_config).__name__}.")
+        if not isinstance(self.instruction, str) or not self.instruction.strip():
+            fail("`instruction` must be a non-empty string.")
+
+    @property
+    def text_config(self):
+        """Text-decoder config of the frozen base."""
+        if self.base_config is None:
+            raise ValueError("The base architecture is unknown until the base is loaded; load the model first.")
+        return self.base_config.text_config
+
+    @property
+    def num_target_layers(self) -> int:
+        return self.text_config.num_hidden_layers
+
+    @property
+    def effective_rank(self) -> int:
+        return 2 * self.lora_r if self.use_bias_block else self.lora_r
+
+    def target_module_dims(self) -> dict[str, tuple[int, int]]:
+        """`(in_features, out_features)` of every target module, in `target_modules` order."""
+        return {name: _TARGET_MODULE_DIMS[name](self.text_config) for name in self.target_modules}
+
+
+__all__ = ["Video2LoRAConfig"]

@@ -1,0 +1,614 @@
+"""Video2LoRA: a frozen SmolVLM2 reads a video once, a perceiver hypernetwork turns what it read into a LoRA, and the
+same frozen SmolVLM2 plus that LoRA answers later questions with zero visual tokens in its context.
+
+This is a Hub file: it imports only torch, transformers, peft, its sibling Hub files and the standard library, so
+`AutoModel.from_pretrained(..., trust_remote_code=True)` works where this project was never installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedModel, SmolVLMForConditionalGeneration
+from transformers import initialization as init
+from transformers.modeling_outputs import ModelOutput
+from transformers.utils import logging
+
+try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed top-level modules
+    from .configuration_video2lora import Video2LoRAConfig
+    from .perceiver_video2lora import LoraHead, PerceiverHypernetwork
+    from .processing_video2lora import Video2LoRAProcessor
+except ImportError:
+    from configuration_video2lora import Video2LoRAConfig
+    from perceiver_video2lora import LoraHead, PerceiverHypernetwork
+    from processing_video2lora import Video2LoRAProcessor
+
+logger = logging.get_logger(__name__)
+
+# Where the text decoder's layers live inside `SmolVLMForConditionalGeneration`; PEFT keys are built from it.
+DECODER_LAYERS_PATH = "model.text_model.layers"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+_PEFT_KEY = re.compile(
+    r"^base_model\.model\." + re.escape(DECODER_LAYERS_PATH) + r"\.(\d+)\.(.+)\.lora_([AB])\.weight$"
+)
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter was made for another base model (or another layout) than the one asked to use it."""
+
+
+def base_fingerprint(base_config) -> str:
+    """Short hash of the text decoder's shape: adapters only fit bases that agree on it."""
+    text = base_config.text_config
+    shape = {k: getattr(text, k, None) for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
+                                                  "num_attention_heads", "num_key_value_heads", "vocab_size")}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Video2LoRAAdapter:
+    """
+    A batch of generated LoRA adapters, one per video, for the text decoder of the frozen base.
+
+    Attributes:
+        lora_A: per target module (name relative to a decoder layer), `[B, L, r, in_features]`.
+        lora_B: per target module, `[B, L, out_features, r]`.
+        scale: multiplier of the update `scale * B (A x)`.
+        base_model_name_or_path / base_model_revision: the base the adapter was made for.
+        fingerprint: `base_fingerprint` of that base; checked before the adapter is applied.
+    """
+
+    lora_A: dict[str, torch.Tensor]
+    lora_B: dict[str, torch.Tensor]
+    scale: float
+    base_model_name_or_path: str | None = None
+    base_model_revision: str | None = None
+    fingerprint: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return next(iter(self.lora_A.values())).shape[0]
+
+    def __getitem__(self, index) -> Video2LoRAAdapter:
+        """Select videos: an int keeps the batch axis (size 1); a slice, list or tensor gathers rows."""
+        index = [index] if isinstance(index, int) else index
+        return self._map(lambda t: t[index])
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.lora_A.values())).shape[2]
+
+    @property
+    def num_layers(self) -> int:
+        return next(iter(self.lora_A.values())).shape[1]
+
+    def to(self, *args, **kwargs) -> Video2LoRAAdapter:
+        """`Tensor.to` on every tensor (device and/or dtype)."""
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+    def detach(self) -> Video2LoRAAdapter:
+        return self._map(torch.Tensor.detach)
+
+    def _map(self, fn) -> Video2LoRAAdapter:
+        return replace(self, lora_A={k: fn(v) for k, v in self.lora_A.items()},
+                       lora_B={k: fn(v) for k, v in self.lora_B.items()})
+
+    def scaled_B(self) -> dict[str, torch.Tensor]:
+        """B with the scale folded in, so that the update is plain `B (A x)`."""
+        return {name: b * self.scale for name, b in self.lora_B.items()}
+
+    @classmethod
+    def compose(cls, adapters: Sequence[Video2LoRAAdapter], mode: str = "concat") -> Video2LoRAAdapter:
+        """
+        Compose adapters made from non-overlapping segments of one video, in rank space.
+
+        `concat` stacks the ranks, `A = [A_1; A_2]`, `B = [B_1, B_2]`, which sums the updates. `average` does the same
+        with each update scaled by `1/k`. Each input may be a batch; they must agree in batch size and base.
+        """
+        if mode not in ("concat", "average"):
+            raise ValueError(f"mode must be 'concat' or 'average', got {mode!r}.")
+        if not adapters:
+            raise ValueError("compose needs at least one adapter.")
+        first = adapters[0]
+        for other in adapters[1:]:
+            if other.fingerprint != first.fingerprint or other.lora_A.keys() != first.lora_A.keys():
+                raise AdapterMismatchError("Only adapters for the same base and target modules can be composed.")
+            if len(other) != len(first):
+                raise ValueError(f"Adapters hold different batch sizes: {len(first)} and {len(other)}.")
+        weight = 1.0 / len(adapters) if mode == "average" else 1.0
+        lora_a = {name: torch.cat([a.lora_A[name] for a in adapters], dim=2) for name in first.lora_A}
+        lora_b = {name: torch.cat([a.scaled_B()[name] * weight for a in adapters], dim=3) for name in first.lora_B}
+        return replace(first, lora_A=lora_a, lora_B=lora_b, scale=1.0,
+                       metadata={**first.metadata, "composed": {"mode": mode, "parts": len(adapters)}})
+
+    # ---- PEFT export ----------------------------------------------------------------------------------------------
+
+    def to_peft(self):
+        """
+        Export as PEFT: returns `(peft.LoraConfig, state_dict)` in PEFT's on-disk key format.
+
+        The scale is folded into B and `r = lora_alpha = rank`, so PEFT's own `lora_alpha / r` factor is 1 and
+        `PeftModel` reproduces our runtime output exactly. `target_modules` is a regex anchored to the text decoder,
+        because the vision tower has linear layers of the same names.
+        """
+        from peft import LoraConfig
+
+        if len(self) != 1:
+            raise ValueError(f"to_peft exports one adapter; this batch holds {len(self)}. Select one: adapter[i].")
+        state_dict = {}
+        for name, lora_b in self.scaled_B().items():
+            for layer in range(self.num_layers):
+                prefix = f"base_model.model.{DECODER_LAYERS_PATH}.{layer}.{name}"
+                state_dict[f"{prefix}.lora_A.weight"] = self.lora_A[name][0, layer].contiguous()
+                state_dict[f"{prefix}.lora_B.weight"] = lora_b[0, layer].contiguous()
+        names = "|".join(re.escape(name) for name in self.lora_A)
+        config = LoraConfig(
+            r=self.rank, lora_alpha=self.rank, lora_dropout=0.0, bias="none",
+            target_modules=rf"{re.escape(DECODER_LAYERS_PATH)}\.\d+\.({names})",
+            base_model_name_or_path=self.base_model_name_or_path, revision=self.base_model_revision,
+        )
+        return config, state_dict
+
+    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write a standard PEFT folder (`adapter_config.json`, `adapter_model.safetensors`) for one adapter."""
+        from safetensors.torch import save_file
+
+        config, state_dict = self.to_peft()
+        if dtype is not None:
+            state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
+        os.makedirs(save_directory, exist_ok=True)
+        config.save_pretrained(save_directory)
+        metadata = {"format": "pt", "video2lora_fingerprint": self.fingerprint or "",
+                    "video2lora_metadata": json.dumps(self.metadata)}
+        # Write then rename, so an interrupted save never leaves a half-written adapter behind.
+        target = Path(save_directory) / ADAPTER_WEIGHTS_NAME
+        temporary = target.with_suffix(".tmp")
+        save_file({k: v.detach().cpu() for k, v in state_dict.items()}, str(temporary), metadata=metadata)
+        os.replace(temporary, target)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> Video2LoRAAdapter:
+        """Read a PEFT adapter folder written by `save_pretrained` (or any PEFT LoRA on the same modules)."""
+        from safetensors import safe_open
+
+        directory = Path(directory)
+        weights, config_file = directory / ADAPTER_WEIGHTS_NAME, directory / ADAPTER_CONFIG_NAME
+        if not weights.is_file() or not config_file.is_file():
+            raise FileNotFoundError(f"'{directory}' is not an adapter folder: it needs {ADAPTER_CONFIG_NAME} and "
+                                    f"{ADAPTER_WEIGHTS_NAME}.")
+        peft_config = json.loads(config_file.read_text())
+        if peft_config.get("peft_type", "LORA") != "LORA":
+            raise AdapterMismatchError(f"'{directory}' holds a {peft_config.get('peft_type')} adapter, not a LoRA.")
+        alpha, rank = peft_config.get("lora_alpha", 1), peft_config.get("r", 1)
+        pieces: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            for key in handle.keys():
+                match = _PEFT_KEY.match(key)
+                if match is None:
+                    raise AdapterMismatchError(
+                        f"'{directory}' has key '{key}', which is not a LoRA on the text decoder of a "
+                        "SmolVLMForConditionalGeneration; it was made for another base model."
+                    )
+                layer, name, which = int(match[1]), match[2], match[3]
+                pieces.setdefault((name, which), {})[layer] = handle.get_tensor(key)
+        lora_a, lora_b = {}, {}
+        for (name, which), by_layer in pieces.items():
+            if sorted(by_layer) != list(range(len(by_layer))):
+                raise AdapterMismatchError(f"'{directory}' covers layers {sorted(by_layer)} of '{name}'; "
+                                           "Video2LoRA adapters cover every decoder layer.")
+            stacked = torch.stack([by_layer[i] for i in range(len(by_layer))])[None]
+            (lora_a if which == "A" else lora_b)[name] = stacked
+        extra = json.loads(metadata.get("video2lora_metadata") or "{}")
+        return cls(lora_A=lora_a, lora_B=lora_b, scale=alpha / rank,
+                   base_model_name_or_path=peft_config.get("base_model_name_or_path"),
+                   base_model_revision=peft_config.get("revision"),
+                   fingerprint=metadata.get("video2lora_fingerprint") or None, metadata=extra)
+
+
+@dataclass
+class Video2LoRAOutput(ModelOutput):
+    """
+    Args:
+        loss: cross-entropy of the student (base + generated LoRA, no video) on the labels.
+        logits: `[B, S, vocab]` student logits.
+        adapter: the adapters generated for the batch.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    adapter: Video2LoRAAdapter | None = None
+
+
+class _ContextCaptured(Exception):
+    """Raised by the last layer's hook: every needed state is read, so the rest of the VLM forward is skipped."""
+
+
+class Video2LoRAPreTrainedModel(PreTrainedModel):
+    config_class = Video2LoRAConfig
+    base_model_prefix = "video2lora"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, PerceiverHypernetwork):
+            init.normal_(module.latents, std=std)
+            init.normal_(module.output_queries, std=std)
+            if module.layer_embedding is not None:
+                init.normal_(module.layer_embedding, std=std)
+        elif isinstance(module, LoraHead):
+            # The features reaching the head are unit vectors, so a fan-in scale keeps rows of A near unit size.
+            init.normal_(module.weight, std=module.weight.shape[-2] ** -0.5)
+            init.zeros_(module.bias)
+            init.ones_(module.a_scale)
+            init.zeros_(module.b_scale)  # an untrained hypernetwork must leave the VLM unchanged
+            if module.bias_a is not None:
+                init.normal_(module.bias_a, std=module.in_features**-0.5)
+                init.zeros_(module.bias_b)
+
+
+class Video2LoRAModel(Video2LoRAPreTrainedModel):
+    """
+    The frozen SmolVLM2 (`self.vlm`) plus the trainable perceiver hypernetwork (`self.hypernetwork`).
+
+    The base is referenced, not copied: with `config.base_model_name_or_path` set, checkpoints hold only the
+    hypernetwork and `from_pretrained` loads the base by id or folder. With it unset, the base is built from
+    `config.base_config` with random weights and saved alongside (tests and tiny models).
+    """
+
+    def __init__(self, config: Video2LoRAConfig, vlm: SmolVLMForConditionalGeneration | None = None,
+                 processor: Video2LoRAProcessor | None = None):
+        if config.base_config is None and vlm is not None:
+            # A copy: model init sets attention settings on its config, which must not leak into the live base.
+            config.base_config = copy.deepcopy(vlm.config)
+        super().__init__(config)
+        self.hypernetwork = PerceiverHypernetwork(config)
+        self.post_init()
+        # Attached after post_init: the hypernetwork's initialization must never touch the base's weights.
+        self.vlm = None
+        if vlm is None and config.base_model_name_or_path is None:
+            vlm = SmolVLMForConditionalGeneration(config.base_config)
+        if vlm is not None:
+            self.attach_base(vlm)
+        self.processor = processor
+
+    # ---- loading and saving ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_base(cls, base_model_name_or_path: str, *, revision: str | None = None,
+                  dtype: torch.dtype | str | None = None, **config_kwargs) -> Video2LoRAModel:
+        """A fresh (untrained) hypernetwork for a base given by Hub id or folder."""
+        config = Video2LoRAConfig(base_model_name_or_path=str(base_model_name_or_path),
+                                  base_model_revision=revision, **config_kwargs)
+        vlm, processor = cls._load_base(config, dtype=dtype)
+        return cls(config, vlm=vlm, processor=processor)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, base_model=None, processor=None,
+                        **kwargs) -> Video2LoRAModel:
+        """
+        Load the hypernetwork, then its frozen base (by id or folder) unless the base was saved alongside.
+
+        Args:
+            base_model (`SmolVLMForConditionalGeneration`, *optional*): use this base instead of loading one.
+            processor (`Video2LoRAProcessor`, *optional*): use this processor instead of loading one.
+        """
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        source = pretrained_model_name_or_path
+        if model.vlm is None:
+            if base_model is None:
+                base_model, loaded_processor = cls._load_base(
+                    model.config, relative_to=source, dtype=kwargs.get("dtype"),
+                    device_map=kwargs.get("device_map"),
+                )
+                processor = processor or loaded_processor
+            model.attach_base(base_model)
+        if processor is None:
+            # The tokenizer lookup reads this folder's config.json, whose custom code the caller already trusts.
+            processor = _try_load_processor(source, trust_remote_code=True)
+        model.processor = processor
+        return model
+
+    @staticmethod
+    def _load_base(config: Video2LoRAConfig, relative_to=None, dtype=None, device_map=None):
+        path = config.base_model_name_or_path
+        if path.startswith(("./", "../")):
+            if relative_to is None or not os.path.isdir(relative_to):
+                raise ValueError(f"The base path '{path}' is relative to the hypernetwork folder, which is unknown.")
+            path = os.path.normpath(os.path.join(relative_to, path))
+        logger.info(f"Loading the frozen base from {path}")
+        vlm = SmolVLMForConditionalGeneration.from_pretrained(
+            path, revision=config.base_model_revision, dtype=dtype if dtype is not None else "auto",
+            device_map=device_map,
+        )
+        return vlm, _try_load_processor(path, revision=config.base_model_revision)
+
+    def attach_base(self, vlm: SmolVLMForConditionalGeneration) -> None:
+        """Attach and freeze the base. It must match the architecture the hypernetwork was built for."""
+        expected = base_fingerprint(self.config.base_config)
+        if base_fingerprint(vlm.config) != expected:
+            text = vlm.config.text_config
+            raise AdapterMismatchError(
+                f"This hypernetwork was built for a base with text config {self.config.text_config.to_dict()} "
+                f"but got one with {text.num_hidden_layers} layers, hidden size {text.hidden_size} and intermediate "
+                f"size {text.intermediate_size}. Load the base it was trained on."
+            )
+        vlm.requires_grad_(False)
+        vlm.eval()
+        self.vlm = vlm
+        if self.config.base_model_name_or_path is not None:
+            # Referenced bases are not part of the checkpoint (see `save_pretrained`).
+            self._keys_to_ignore_on_save = {k for k in self.state_dict() if k.startswith("vlm.")}
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        """Save the hypernetwork (and the base only when it is a random one that cannot be loaded by id)."""
+        if self.config.base_model_name_or_path is not None:
+            state_dict = self.state_dict() if state_dict is None else state_dict
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("vlm.")}
+        super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        if self.processor is not None and kwargs.get("is_main_process", True):
+            self.processor.save_pretrained(save_directory)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.vlm is not None:
+            self.vlm.eval()  # frozen: never dropout, whatever the trainer asks
+        return self
+
+    @property
+    def fingerprint(self) -> str:
+        return base_fingerprint(self.config.base_config)
+
+    def _decoder_layers(self) -> nn.ModuleList:
+        if self.vlm is None:
+            raise RuntimeError("No base model is attached; load the model with from_pretrained or from_base.")
+        return self.vlm.get_submodule(DECODER_LAYERS_PATH)
+
+    # ---- reading a video into an adapter --------------------------------------------------------------------------
+
+    def encode_context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       pixel_values: torch.Tensor | None = None, pixel_attention_mask: torch.Tensor | None = None,
+                       ) -> torch.Tensor:
+        """
+        Run the frozen base over the context and summarize every decoder layer's input: latents `[B, L, n, d]`.
+
+        Each layer's input `[B, T, h]` is handed to the perceiver encoder from a forward pre-hook as soon as it
+        exists and then dropped, so memory stays flat in the number of layers (DESIGN.md §2). The base runs without
+        gradient; the perceiver keeps whatever grad mode the caller is in.
+        """
+        layers = self._decoder_layers()
+        mask = attention_mask.bool() if attention_mask is not None else None
+        grad_enabled = torch.is_grad_enabled()
+        latents: list[torch.Tensor | None] = [None] * len(layers)
+
+        def capture(index: int):
+            def hook(module, args, kwargs):
+                hidden_states = args[0] if args else kwargs["hidden_states"]
+                with torch.set_grad_enabled(grad_enabled):
+                    latents[index] = self.hypernetwork.encode_layer(hidden_states, mask, index)
+                if index == len(layers) - 1:
+                    raise _ContextCaptured
+            return hook
+
+        handles = [layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, layer in enumerate(layers)]
+        try:
+            with torch.no_grad():
+                # The inner model, not the LM: the logits over every context position are never needed.
+                self.vlm.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                               pixel_attention_mask=pixel_attention_mask, use_cache=False)
+        except _ContextCaptured:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return torch.stack(latents, dim=1)
+
+    def generate_adapter(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                         pixel_values: torch.Tensor | None = None, pixel_attention_mask: torch.Tensor | None = None,
+                         **unused) -> Video2LoRAAdapter:
+        """One adapter per video of the batch; the inputs are what the processor returns for frames + instruction."""
+        latents = self.encode_context(input_ids, attention_mask, pixel_values, pixel_attention_mask)
+        lora = self.hypernetwork.decode(latents)
+        return Video2LoRAAdapter(
+            lora_A={name: a for name, (a, _) in lora.items()}, lora_B={name: b for name, (_, b) in lora.items()},
+            scale=float(self.config.lora_scale), base_model_name_or_path=self.config.base_model_name_or_path,
+            base_model_revision=self.config.base_model_revision, fingerprint=self.fingerprint,
+        )
+
+    @torch.no_grad()
+    def internalize(self, video, *, num_frames: int | None = None, fps: float | None = None,
+                    timestamps: Sequence[float] | None = None, duration: float | None = None,
+                    instruction: str | None = None) -> Video2LoRAAdapter:
+        """
+        The one-call path: a video file, a uint8 array `[T, H, W, 3]` or a list of PIL images -> one adapter.
+
+        Frames are sampled uniformly (the centre of `num_frames` equal bins, default `config.num_frames`); a file is
+        decoded with PyAV through `transformers.video_utils.load_video`. Pass `timestamps` to use the frames as given.
+        """
+        processor = self._require_processor()
+        frames, stamps, duration = _sample(video, num_frames or self.config.num_frames, fps, timestamps, duration)
+        inputs = processor.encode_videos([frames], instruction or self.config.instruction, timestamps=[stamps],
+                                         durations=[duration]).to(self.vlm.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
+        return self.generate_adapter(**inputs).detach()
+
+    # ---- using an adapter -----------------------------------------------------------------------------------------
+
+    def check_adapter(self, adapter: Video2LoRAAdapter) -> None:
+        """Raise `AdapterMismatchError` with what to do when `adapter` does not fit this base."""
+        if adapter.fingerprint is not None and adapter.fingerprint != self.fingerprint:
+            raise AdapterMismatchError(
+                f"The adapter was made for base '{adapter.base_model_name_or_path}' (fingerprint "
+                f"{adapter.fingerprint}), but this model's base is '{self.config.base_model_name_or_path}' "
+                f"({self.fingerprint}). Internalize the video again with this model."
+            )
+        dims = self.config.target_module_dims()
+        for name, lora_a in adapter.lora_A.items():
+            in_features, out_features = dims.get(name, (None, None))
+            lora_b = adapter.lora_B.get(name)
+            if (in_features is None or lora_b is None or lora_a.shape[1] != self.config.num_target_layers
+                    or lora_a.shape[3] != in_features or lora_b.shape[2] != out_features):
+                raise AdapterMismatchError(
+                    f"The adapter's '{name}' LoRA has shapes A {tuple(lora_a.shape)} / B "
+                    f"{None if lora_b is None else tuple(lora_b.shape)}, which do not fit this base "
+                    f"({self.config.num_target_layers} layers, target modules {dims})."
+                )
+
+    @contextmanager
+    def apply_adapter(self, adapter: Video2LoRAAdapter) -> Iterator[None]:
+        """
+        Within the block, every forward of the base adds `B (A x)` to each target module; row `i` of the batch uses
+        adapter `i` (an adapter batch of one is shared by every row). Functional: the base's weights never change.
+        """
+        self.check_adapter(adapter)
+        layers = self._decoder_layers()
+        scaled_b = adapter.scaled_B()
+        handles = []
+        try:
+            for name, lora_a in adapter.lora_A.items():
+                for index, layer in enumerate(layers):
+                    hook = _LoraDelta(lora_a[:, index], scaled_b[name][:, index])
+                    handles.append(layer.get_submodule(name).register_forward_hook(hook))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, context_input_ids: torch.Tensor | None = None,
+                context_attention_mask: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                pixel_attention_mask: torch.Tensor | None = None, adapter: Video2LoRAAdapter | None = None,
+                adapter_index: torch.Tensor | None = None, **loss_kwargs) -> Video2LoRAOutput:
+        """
+        Training forward: generate one adapter per context (video + instruction), then run the student (the base
+        plus each row's adapter, no video) on `input_ids` in one batched pass.
+
+        Args:
+            input_ids, attention_mask, labels: the student's text `[B, S]`; labels use -100 for ignored positions.
+            context_*: the processor's output for the videos, `[V, T]` plus pixels `[V, F, 3, H, W]`.
+            adapter: adapters already generated (skips the context inputs).
+            adapter_index: `[B]` which video each text row belongs to, so one video can serve many questions.
+            loss_kwargs: passed to the LM loss (e.g. `num_items_in_batch` for gradient accumulation).
+        """
+        if adapter is None:
+            if context_input_ids is None:
+                raise ValueError("forward needs the video context (`context_input_ids`, ...) or an `adapter`.")
+            adapter = self.generate_adapter(context_input_ids, context_attention_mask, pixel_values,
+                                            pixel_attention_mask)
+        rows = adapter if adapter_index is None else adapter[adapter_index]
+        with self.apply_adapter(rows):
+            outputs = self.vlm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **loss_kwargs)
+        return Video2LoRAOutput(loss=outputs.loss, logits=outputs.logits, adapter=adapter)
+
+    @torch.no_grad()
+    def answer(self, adapter: Video2LoRAAdapter | None, question: str | Sequence[str],
+               **generate_kwargs) -> str | list[str]:
+        """
+        Answer with the base plus `adapter` and **no visual tokens** in the context (greedy, 64 new tokens unless
+        `generate_kwargs` say otherwise). `adapter=None` answers blind. One adapter serves every question; an adapter
+        batch pairs row `i` with question `i`.
+        """
+        processor = self._require_processor()
+        questions = [question] if isinstance(question, str) else list(question)
+        inputs = processor.encode_text(questions, padding_side="left").to(self.vlm.device)
+        generate_kwargs = {"max_new_tokens": 64, "do_sample": False, **generate_kwargs}
+        if adapter is None:
+            output = self.vlm.generate(**inputs, **generate_kwargs)
+        else:
+            with self.apply_adapter(adapter.to(self.vlm.device)):
+                output = self.vlm.generate(**inputs, **generate_kwargs)
+        texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = [text.strip() for text in texts]
+        return texts[0] if isinstance(question, str) else texts
+
+    def _require_processor(self) -> Video2LoRAProcessor:
+        if self.processor is None:
+            raise RuntimeError("This model has no processor; set `model.processor` (a Video2LoRAProcessor).")
+        return self.processor
+
+
+class _LoraDelta:
+    """Forward hook adding `B (A x)` per batch row to a linear layer's output."""
+
+    def __init__(self, lora_a: torch.Tensor, lora_b: torch.Tensor):
+        # Transposed once here, so that each call is two batched matmuls fused into the add: [b, in, r], [b, r, out].
+        self.lora_a_t, self.lora_b_t = lora_a.transpose(1, 2), lora_b.transpose(1, 2)
+
+    def __call__(self, module, inputs, output):
+        x = inputs[0]  # [rows, S, in]
+        lora_a_t, lora_b_t = self.lora_a_t, self.lora_b_t
+        if lora_a_t.dtype != x.dtype:
+            lora_a_t, lora_b_t = lora_a_t.to(x.dtype), lora_b_t.to(x.dtype)
+        rows = x.shape[0]
+        if lora_a_t.shape[0] != rows:
+            if lora_a_t.shape[0] != 1 and rows % lora_a_t.shape[0]:
+                raise ValueError(f"{rows} rows cannot share {lora_a_t.shape[0]} adapters.")
+            if lora_a_t.shape[0] == 1:  # one adapter serves every row: a stride-0 view, no copies
+                lora_a_t, lora_b_t = lora_a_t.expand(rows, -1, -1), lora_b_t.expand(rows, -1, -1)
+            else:  # generate() expanded each prompt into beams / samples side by side
+                repeats = rows // lora_a_t.shape[0]
+                lora_a_t, lora_b_t = lora_a_t.repeat_interleave(repeats, 0), lora_b_t.repeat_interleave(repeats, 0)
+        return torch.baddbmm(output, torch.bmm(x, lora_a_t), lora_b_t)  # output + (x A^T) B^T
+
+
+def _sample(video, num_frames: int, fps: float | None, timestamps, duration):
+    """Frames `[N, H, W, 3]` uint8, their timestamps and the clip duration, from a path, an array or PIL images."""
+    if isinstance(video, (str, os.PathLike)):
+        from transformers.video_utils import load_video
+
+        def centre_of_bins(metadata, **_):
+            total = max(int(metadata.total_num_frames), 1)
+            count = min(num_frames, total)
+            return ((np.arange(count) + 0.5) * total / count).astype(int)
+
+        frames, metadata = load_video(str(video), backend="pyav", sample_indices_fn=centre_of_bins)
+        return frames, [float(t) for t in metadata.timestamps], metadata.duration
+    frames = np.stack([np.asarray(image.convert("RGB")) for image in video]) if isinstance(video, list) else video
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] == 0:
+        raise ValueError(f"A video array must be uint8 [T, H, W, 3] with T >= 1; got {frames.dtype} {frames.shape}.")
+    if timestamps is not None:
+        if len(timestamps) != len(frames):
+            raise ValueError(f"Got {len(frames)} frames but {len(timestamps)} timestamps.")
+        return frames, [float(t) for t in timestamps], duration
+    fps = fps or 1.0
+    count = min(num_frames, len(frames))
+    indices = ((np.arange(count) + 0.5) * len(frames) / count).astype(int)
+    return frames[indices], [float(i / fps) for i in indices], duration if duration is not None else len(frames) / fps
+
+
+def _try_load_processor(path, revision: str | None = None, trust_remote_code: bool = False):
+    """The processor saved with a checkpoint, if there is one (tokenizer plus image processor files)."""
+    try:
+        return Video2LoRAProcessor.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as error:
+        logger.info(f"No processor loaded from {path}: {error}")
+        return None
+
+
+Video2LoRAConfig.register_for_auto_class()
+Video2LoRAModel.register_for_auto_class("AutoModel")
+
+__all__ = ["Video2LoRAAdapter", "Video2LoRAModel", "Video2LoRAPreTrainedModel", "Video2LoRAOutput",
+           "AdapterMismatchError"]

@@ -1,0 +1,178 @@
+"""The perceiver hypernetwork: per-layer hidden states of the frozen VLM in, one LoRA per video out.
+
+This is a Hub file: it imports only torch, its sibling Hub files and the standard library (no einops, so the
+shapes live in comments).
+
+Shapes (DESIGN.md §3): `B` videos, `L` decoder layers, `T` context positions, `h` VLM hidden size, `d` latent size,
+`n` latent queries, `M` target modules per layer, `r` LoRA rank.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # loaded as a Hub module (a package) by trust_remote_code, or as an installed top-level module
+    from .configuration_video2lora import Video2LoRAConfig
+except ImportError:
+    from configuration_video2lora import Video2LoRAConfig
+
+
+class CrossAttention(nn.Module):
+    """Pre-norm multi-head attention from `queries` to `context`, with a key padding mask."""
+
+    def __init__(self, *, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm_queries = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
+        # queries [b, n, d], context [b, t, d], context_mask [b, t] (True = attend)
+        batch, num_queries, dim = queries.shape
+        q = self.to_q(self.norm_queries(queries)).view(batch, num_queries, self.heads, -1).transpose(1, 2)
+        k, v = self.to_kv(self.norm_context(context)).view(batch, context.shape[1], 2, self.heads, -1).unbind(2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, t, d/heads]
+        attn_mask = None if context_mask is None else context_mask[:, None, None, :]  # [b, 1, 1, t]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [b, heads, n, d/heads]
+        return self.to_out(out.transpose(1, 2).reshape(batch, num_queries, dim))
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU MLP `in -> hidden -> out`, the MLP of Llama-style decoders and Idefics2's perceiver."""
+
+    def __init__(self, *, in_features: int, hidden_features: int, out_features: int):
+        super().__init__()
+        self.gate_up = nn.Linear(in_features, 2 * hidden_features, bias=False)
+        self.down = nn.Linear(hidden_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class FeedForward(nn.Sequential):
+    """Pre-norm gated MLP `d -> ratio * d -> d`."""
+
+    def __init__(self, *, dim: int, ratio: int):
+        super().__init__(nn.LayerNorm(dim), GatedMLP(in_features=dim, hidden_features=ratio * dim, out_features=dim))
+
+
+class PerceiverBlock(nn.Module):
+    """Cross-attention from the queries to the context, then an MLP; both residual. No self-attention."""
+
+    def __init__(self, *, dim: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.attention = CrossAttention(dim=dim, heads=heads)
+        self.feed_forward = FeedForward(dim=dim, ratio=mlp_ratio)
+
+    def forward(self, queries, context, context_mask=None):
+        queries = queries + self.attention(queries, context, context_mask)
+        return queries + self.feed_forward(queries)
+
+
+class LoraHead(nn.Module):
+    """
+    Maps one feature per (layer, rank direction) to a row of A and a column of B for one target module.
+
+    The published head is a separate `d -> in + out` linear map per layer; the shared head uses one map for all layers
+    (the queries carry a layer embedding instead), which removes most of the hypernetwork's parameters at 2.2B.
+    Learned scalers multiply A (start 1) and B (start 0), and a video-independent bias block (B starts 0) is
+    concatenated along the rank, so an untrained hypernetwork emits an exact no-op.
+    """
+
+    def __init__(self, *, num_layers: int, rank: int, dim: int, in_features: int, out_features: int,
+                 per_layer: bool, use_bias_block: bool):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        width = in_features + out_features
+        if per_layer:
+            self.weight = nn.Parameter(torch.empty(num_layers, dim, width))
+            self.bias = nn.Parameter(torch.zeros(num_layers, width))
+        else:
+            self.weight = nn.Parameter(torch.empty(dim, width))
+            self.bias = nn.Parameter(torch.zeros(width))
+        self.a_scale = nn.Parameter(torch.ones(num_layers, rank))
+        self.b_scale = nn.Parameter(torch.zeros(num_layers, rank))
+        if use_bias_block:
+            self.bias_a = nn.Parameter(torch.empty(num_layers, rank, in_features))
+            self.bias_b = nn.Parameter(torch.zeros(num_layers, out_features, rank))
+        else:
+            self.bias_a = self.bias_b = None
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # features [b, L, r, d] -> A [b, L, r_eff, in], B [b, L, out, r_eff]
+        if self.weight.dim() == 3:
+            rows = torch.einsum("blrd,ldw->blrw", features, self.weight) + self.bias[:, None, :]
+        else:
+            rows = features @ self.weight + self.bias
+        lora_a, b_columns = rows.split([self.in_features, self.out_features], dim=-1)
+        lora_a = lora_a * self.a_scale[..., None]
+        lora_b = (b_columns * self.b_scale[..., None]).transpose(-1, -2)
+        if self.bias_a is not None:
+            batch = features.shape[0]
+            lora_a = torch.cat([lora_a, self.bias_a.expand(batch, -1, -1, -1)], dim=2)
+            lora_b = torch.cat([lora_b, self.bias_b.expand(batch, -1, -1, -1)], dim=3)
+        return lora_a, lora_b
+
+
+class PerceiverHypernetwork(nn.Module):
+    """
+    Layer-to-layer perceiver: each decoder layer's states are summarized by the same encoder into `n` latents,
+    `M * r` output queries read those latents, and a head turns each query into one rank direction of a LoRA.
+    """
+
+    def __init__(self, config: Video2LoRAConfig):
+        super().__init__()
+        text_config = config.text_config
+        dim, self.rank = config.latent_size, config.lora_r
+        self.num_layers = text_config.num_hidden_layers
+        self.module_names = list(config.target_modules)
+        projection_size = config.input_projection_size or text_config.intermediate_size
+        self.input_projection = GatedMLP(in_features=text_config.hidden_size, hidden_features=projection_size,
+                                         out_features=dim)
+        self.latents = nn.Parameter(torch.empty(config.num_latents, dim))
+        use_layer_embedding = config.use_layer_embedding or config.head_type == "shared"
+        self.layer_embedding = nn.Parameter(torch.empty(self.num_layers, dim)) if use_layer_embedding else None
+        block = dict(dim=dim, heads=config.num_attention_heads, mlp_ratio=config.mlp_ratio)
+        self.encoder = nn.ModuleList(PerceiverBlock(**block) for _ in range(config.num_blocks))
+        self.output_queries = nn.Parameter(torch.empty(len(self.module_names) * self.rank, dim))
+        self.decoder = PerceiverBlock(**block)
+        self.head_mlp = FeedForward(dim=dim, ratio=config.mlp_ratio)
+        self.heads = nn.ModuleList(
+            LoraHead(num_layers=self.num_layers, rank=self.rank, dim=dim, in_features=in_features,
+                     out_features=out_features, per_layer=config.head_type == "per_layer",
+                     use_bias_block=config.use_bias_block)
+            for in_features, out_features in config.target_module_dims().values()
+        )
+
+    def encode_layer(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, layer: int) -> torch.Tensor:
+        """Summarize one layer's states `[b, T, h]` (mask `[b, T]`, True = real token) into latents `[b, n, d]`."""
+        context = self.input_projection(hidden_states.to(self.latents.dtype))
+        latents = self.latents.expand(hidden_states.shape[0], -1, -1)
+        if self.layer_embedding is not None:
+            latents = latents + self.layer_embedding[layer]
+        for block in self.encoder:
+            latents = block(latents, context, mask)
+        return latents
+
+    def decode(self, latents: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Latents `[b, L, n, d]` -> `{module: (A [b, L, r_eff, in], B [b, L, out, r_eff])}`."""
+        batch, num_layers, num_latents, dim = latents.shape
+        latents = latents.reshape(batch * num_layers, num_latents, dim)  # the layer axis folds into the batch
+        queries = self.output_queries.expand(batch, num_layers, -1, -1)
+        if self.layer_embedding is not None:
+            queries = queries + self.layer_embedding[None, :, None, :]
+        queries = queries.reshape(batch * num_layers, -1, dim)
+        features = self.decoder(queries, latents)
+        features = F.normalize(features + self.head_mlp(features), dim=-1)
+        # [(b L), (M r), d] -> M x [b, L, r, d]: one chunk of r rank directions per target module
+        features = features.view(batch, num_layers, len(self.heads), self.rank, dim).unbind(2)
+        return {name: head(chunk) for name, head, chunk in zip(self.module_names, self.heads, features, strict=True)}
+
+
+__all__ = ["PerceiverHypernetwork", "LoraHead", "PerceiverBlock", "CrossAttention", "FeedForward", "GatedMLP"]
