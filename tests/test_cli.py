@@ -45,15 +45,6 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
         assert fragment in errors[0], errors[0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The models here are tiny: with two threads on a shared, loaded CPU a matmul can be 100x slower than with one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Two held-out world clips as MP4 files plus their manifest (one caption row and several questions each)."""

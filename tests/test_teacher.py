@@ -13,15 +13,6 @@ from video2lora.world import write_world
 GENERATION = dict(num_frames=4, frame_size=64, batch_size=2, max_new_tokens=4, top_k_logprobs=3, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine: a second OpenMP thread only adds spin-waiting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, base_config, processor):
     """A saved tiny base and a manifest of 6 good rows (2 clips) plus 3 bad ones at known lines."""

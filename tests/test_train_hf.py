@@ -24,15 +24,6 @@ HYPERNETWORK_FLAGS = ["--lora_r", "4", "--latent_size", "32", "--num_latents", "
                       "--frame_size", "64"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine: a second OpenMP thread only adds spin-waiting (10-100x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, base_config, processor):
     """A tiny random base saved to disk, and 2 world clips with 2 fixed-target rows each."""
