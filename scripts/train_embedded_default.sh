@@ -39,7 +39,7 @@ OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" train_hf.py --base_model_na
   --train_manifest "$DATA/train_teacher.jsonl" --data_root "$DATA" --output_dir "$RUNS/video2lora" \
   --lora_r 8 --latent_size 128 --num_latents 16 --num_blocks 2 --num_attention_heads 4 \
   --num_frames 4 --frame_size 64 --questions_per_video 16 --per_device_train_batch_size $((8 / NPROC)) \
-  --max_steps "${MAX_STEPS:-1000}" --learning_rate 1e-3 --logging_steps 25 --save_strategy steps --save_steps 200 \
+  --max_steps "${MAX_STEPS:-3000}" --learning_rate 1e-3 --logging_steps 25 --save_strategy steps --save_steps 200 \
   --save_total_limit 2 --report_to none "${resume[@]}"
 
 # 5. Ship the final hypernetwork beside its base (weights, config, processor files, custom code; no pickles).
