@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a Hub lookup would hang for minu
 import numpy as np  # noqa: E402  (the offline flag must be set before transformers is imported)
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from transformers import SmolVLMForConditionalGeneration  # noqa: E402
 
 from configuration_video2lora import Video2LoRAConfig  # noqa: E402
 from modeling_video2lora import Video2LoRAModel  # noqa: E402
@@ -32,6 +33,16 @@ def base_config(tokenizer):
 @pytest.fixture(scope="session")
 def processor(tokenizer, base_config):
     return build_processor(tokenizer, base_config)
+
+
+@pytest.fixture(scope="session")
+def saved_base(tmp_path_factory, base_config, processor):
+    """The tiny random base and its processor saved as a SmolVLM folder, as a user's base would be on disk."""
+    path = tmp_path_factory.mktemp("saved") / "base"
+    torch.manual_seed(0)
+    SmolVLMForConditionalGeneration(base_config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
 
 
 def make_frames(num_frames: int, seed: int = 0, size: int = 64) -> np.ndarray:

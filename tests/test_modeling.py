@@ -215,12 +215,10 @@ def test_internalize_and_answer_from_array_pil_and_file(make_model, processor, t
         model.internalize(frames.astype("float32"))
 
 
-def test_reference_mode_saves_only_the_hypernetwork(base_config, processor, tmp_path):
+def test_reference_mode_saves_only_the_hypernetwork(saved_base):
     from safetensors import safe_open
 
-    base_dir, model_dir = tmp_path / "base", tmp_path / "hypernetwork"
-    SmolVLMForConditionalGeneration(base_config).save_pretrained(base_dir)
-    processor.save_pretrained(base_dir)
+    base_dir, model_dir = saved_base, saved_base.parent / "reference-mode"
     model = Video2LoRAModel.from_base(str(base_dir), **TINY_HYPERNETWORK)
     assert model.processor is not None
     model.config.base_model_name_or_path = "../base"  # a base shipped beside the checkpoint

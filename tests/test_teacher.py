@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from transformers import SmolVLMForConditionalGeneration
 
 from video2lora.data import ManifestError, read_manifest, write_manifest
 from video2lora.teacher import _part_paths, generate_teacher_targets, load_teacher, main
@@ -14,12 +13,9 @@ GENERATION = dict(num_frames=4, frame_size=64, batch_size=2, max_new_tokens=4, t
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, base_config, processor):
+def setup(tmp_path_factory, saved_base):
     """A saved tiny base and a manifest of 6 good rows (2 clips) plus 3 bad ones at known lines."""
     root = tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(0)
-    SmolVLMForConditionalGeneration(base_config).save_pretrained(root / "base")
-    processor.save_pretrained(root / "base")
     world = write_world(root, split="train", num_clips=2, progress=False)
     rows = [json.loads(line) for line in world.read_text().splitlines()]
     first, second = [r for r in rows if "0000000" in r["id"]][:3], [r for r in rows if "0000001" in r["id"]][:3]
@@ -29,10 +25,11 @@ def setup(tmp_path_factory, base_config, processor):
     lines += [json.dumps(r) for r in second] + [json.dumps(unknown_task)]
     manifest = root / "in.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
-    vlm, teacher_processor, _ = load_teacher(root / "base")
+    vlm, teacher_processor, _ = load_teacher(saved_base)
     good_ids = [r["id"] for r in first + second]
     # 1-based lines: bad JSON on 3, missing video on 5, unknown task type on 9.
-    return {"root": root, "manifest": manifest, "vlm": vlm, "processor": teacher_processor, "good_ids": good_ids,
+    return {"root": root, "base": saved_base, "manifest": manifest, "vlm": vlm, "processor": teacher_processor,
+            "good_ids": good_ids,
             "bad_lines": [3, 5, 9], "references": {r["id"]: r["target_text"] for r in first + second}}
 
 
@@ -40,7 +37,7 @@ def setup(tmp_path_factory, base_config, processor):
 def reference_output(setup):
     """One uninterrupted run, through the command line."""
     output = setup["root"] / "reference.jsonl"
-    report = main(["--model", str(setup["root"] / "base"), "--manifest", str(setup["manifest"]),
+    report = main(["--model", str(setup["base"]), "--manifest", str(setup["manifest"]),
                    "--output", str(output), "--num_frames", "4", "--frame_size", "64", "--batch_size", "2",
                    "--max_new_tokens", "4", "--top_k_logprobs", "3", "--no_progress"])
     return output, report

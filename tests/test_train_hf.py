@@ -10,7 +10,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from safetensors import safe_open
-from transformers import AutoModel, SmolVLMForConditionalGeneration, TrainingArguments
+from transformers import AutoModel, TrainingArguments
 
 import train_hf
 from modeling_video2lora import Video2LoRAModel
@@ -19,24 +19,19 @@ from video2lora.data import write_manifest
 from video2lora.world import write_world
 
 REPO = Path(__file__).resolve().parent.parent
-HYPERNETWORK_FLAGS = ["--lora_r", "4", "--latent_size", "32", "--num_latents", "4", "--num_blocks", "2",
-                      "--num_attention_heads", "4", "--input_projection_size", "32", "--num_frames", "4",
-                      "--frame_size", "64"]
+HYPERNETWORK_FLAGS = [item for name, value in TINY_HYPERNETWORK.items() for item in (f"--{name}", str(value))]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, base_config, processor):
+def workspace(tmp_path_factory, saved_base):
     """A tiny random base saved to disk, and 2 world clips with 2 fixed-target rows each."""
     root = tmp_path_factory.mktemp("train_hf")
-    torch.manual_seed(0)
-    SmolVLMForConditionalGeneration(base_config).save_pretrained(root / "base")
-    processor.save_pretrained(root / "base")
     world = write_world(root, split="train", num_clips=2, progress=False)
     rows = [json.loads(line) for line in world.read_text().splitlines()]
     rows = [r for r in rows if r["id"].endswith(("-qa0", "-qa1"))]
     manifest = root / "fixed.jsonl"
     write_manifest(manifest, rows)
-    return {"root": root, "base": root / "base", "manifest": manifest}
+    return {"root": root, "base": saved_base, "manifest": manifest}
 
 
 def _train_command(workspace, output_dir, *extra):

@@ -356,10 +356,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             )
         vlm.requires_grad_(False)
         vlm.eval()
-        self.vlm = vlm
-        if self.config.base_model_name_or_path is not None:
-            # Referenced bases are not part of the checkpoint (see `save_pretrained`).
-            self._keys_to_ignore_on_save = {k for k in self.state_dict() if k.startswith("vlm.")}
+        self.vlm = vlm  # a referenced base stays out of checkpoints: see `save_pretrained`
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
         """Save the hypernetwork (and the base only when it is a random one that cannot be loaded by id)."""
