@@ -215,6 +215,43 @@ def test_internalize_and_answer_from_array_pil_and_file(make_model, processor, t
         model.internalize(frames.astype("float32"))
 
 
+def test_answer_reuses_the_header_cache_without_changing_answers(make_model, processor):
+    model = make_model()
+    perturb_(model)
+    adapters = model.internalize(make_frames(6, seed=1)), model.internalize(make_frames(6, seed=2))
+    questions = ["what colour is the square?", "how many", "which shape moved left first?"]
+
+    def uncached(adapter, texts):  # the whole text-only prompt prefilled at once, left-padded
+        inputs = processor.encode_text(texts, padding_side="left")
+        with model.apply_adapter(adapter) if adapter is not None else torch.no_grad():
+            output = model.vlm.generate(**inputs, max_new_tokens=5, do_sample=False)
+        return [t.strip() for t in processor.batch_decode(output[:, inputs["input_ids"].shape[1]:],
+                                                          skip_special_tokens=True)]
+
+    for adapter in (adapters[0], None, Video2LoRAAdapter.compose(adapters, mode="average")):
+        assert model.answer(adapter, questions, max_new_tokens=5) == uncached(adapter, questions)
+        assert model.answer(adapter, questions[1], max_new_tokens=5) == uncached(adapter, questions[1:2])[0]
+    first, second = adapters  # one adapter per row below
+    rows = Video2LoRAAdapter(**{**vars(first),
+                                "lora_A": {k: torch.cat([v, second.lora_A[k]]) for k, v in first.lora_A.items()},
+                                "lora_B": {k: torch.cat([v, second.lora_B[k]]) for k, v in first.lora_B.items()}})
+    assert model.answer(rows, questions[:2], max_new_tokens=5) == [
+        model.answer(adapters[0], questions[0], max_new_tokens=5), model.answer(adapters[1], questions[1],
+                                                                                max_new_tokens=5)]
+    # One prefill of the header per adapter: a second question about the same video reuses it.
+    model.answer(adapters[0], questions[0], max_new_tokens=1)
+    header_cache = model._last_header_cache[2]
+    model.answer(adapters[0], questions[1], max_new_tokens=1)
+    assert model._last_header_cache[2] is header_cache
+    model.answer(adapters[1], questions[1], max_new_tokens=1)
+    assert model._last_header_cache[2] is not header_cache
+    # A dead adapter's cache must never serve a blind question.
+    model.answer(Video2LoRAAdapter.compose(adapters, mode="average"), questions[0], max_new_tokens=1)
+    assert model.answer(None, questions, max_new_tokens=5) == uncached(None, questions)
+    with pytest.raises(ValueError, match="cannot answer 3 questions"):
+        model.answer(rows, questions, max_new_tokens=1)
+
+
 def test_reference_mode_saves_only_the_hypernetwork(saved_base):
     from safetensors import safe_open
 
