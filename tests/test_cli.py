@@ -208,6 +208,34 @@ def test_eval_max_rows_and_judge(capsys, model_dir, world, tokenizer, tmp_path):
     assert summary["judge"]["answers"] == 9
 
 
+def test_eval_composes_segment_adapters(capsys, model, model_dir, world, tmp_path):
+    manifest, videos = world
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    qa = next(row for row in rows if row["task_type"] == "qa" and row["video_path"].endswith(videos[1].name))
+    out = tmp_path / "eval"
+    code, stdout, _ = run_cli(capsys, "eval", "--manifest", manifest, "--model", model_dir, "--output_dir", out,
+                              "--where", f"id={qa['id']}", "--segments", "2", "--compose", "average",
+                              "--num_frames", "2", "--max_new_tokens", MAX_NEW_TOKENS, "--num_resamples", "50")
+    assert code == 0 and "2 segment adapters per video, composed by average" in stdout
+    (record,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert record["id"] == qa["id"]
+    assert json.loads((out / "summary.json").read_text())["composition"] == {"segments": 2, "mode": "average"}
+
+    # V2L answered with the average of the two halves' adapters (2 frames each); Base saw 4 frames of the whole.
+    whole = read_video(videos[1], num_frames=4, max_edge=model.config.frame_size)
+    halves = [read_video(videos[1], num_frames=2, start=start, end=end, max_edge=model.config.frame_size)
+              for start, end in ((0.0, whole.duration / 2), (whole.duration / 2, whole.duration))]
+    composed = Video2LoRAAdapter.compose([model.internalize(h.frames, timestamps=h.timestamps, duration=h.duration)
+                                          for h in halves], mode="average")
+    assert record["answers"]["v2l"] == model.answer(composed, qa["prompt"], max_new_tokens=int(MAX_NEW_TOKENS))
+    assert record["visual_tokens"]["base"] == runner.visual_tokens_per_query(model, whole)
+
+    code, _, err = run_cli(capsys, "eval", "--manifest", manifest, "--model", model_dir, "--where", "segment=none")
+    assert_one_line_error(code, err, "no rows matching --where segment=none")
+    code, _, err = run_cli(capsys, "eval", "--manifest", manifest, "--model", model_dir, "--where", "segment")
+    assert code == 2 and "argument --where: expected FIELD=VALUE, got 'segment'" in err
+
+
 def test_rows_group_by_video_and_span(world):
     manifest, videos = world
     rows = read_manifest(manifest).rows

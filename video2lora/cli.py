@@ -73,6 +73,18 @@ def _margin(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected METRIC=VALUE (e.g. token_f1=0.05), got {text!r}") from None
 
 
+def _condition(text: str) -> tuple[str, str]:
+    field, separator, value = text.partition("=")
+    if not separator or not field:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got '{text}'")
+    return field, value
+
+
+def _matches(row: dict[str, Any], conditions: Sequence[tuple[str, str]]) -> bool:
+    metadata = row.get("metadata") or {}
+    return all(str(row.get(field, metadata.get(field))) == value for field, value in conditions)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `video2lora` command and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -111,9 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--manifest", required=True, help="JSONL manifest of rows to evaluate")
     evaluate.add_argument("--data_root", default=None,
                           help="root of relative video paths (default: $VIDEO2LORA_DATA_ROOT or the manifest's folder)")
+    evaluate.add_argument("--where", nargs="+", type=_condition, default=[], metavar="FIELD=VALUE",
+                          help="evaluate only rows whose FIELD (top level or under `metadata`) equals VALUE, e.g. "
+                               "segment=whole")
     evaluate.add_argument("--max_rows", type=int, default=None, help="evaluate only the first N rows")
     evaluate.add_argument("--num_frames", type=int, default=None,
                           help="frames sampled per video (default: the model's num_frames)")
+    evaluate.add_argument("--segments", type=int, default=1,
+                          help="V2L composes one adapter per equal segment of each video (each from --num_frames "
+                               "frames); Base then sees num_frames x segments frames of the whole video")
+    evaluate.add_argument("--compose", choices=("concat", "average"), default="concat",
+                          help="how segment adapters combine with --segments > 1 (default: concat)")
     evaluate.add_argument("--batch_size", type=int, default=16, help="questions per generate call")
     evaluate.add_argument("--judge", default=None, metavar="PATH", help="local causal LM to use as an LLM judge")
     evaluate.add_argument("--margins", nargs="+", type=_margin, default=[], metavar="METRIC=VALUE",
@@ -377,10 +397,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .runner import Judge, evaluate
 
     rows = read_manifest(args.manifest, data_root=args.data_root).rows
+    rows = [row for row in rows if _matches(row, args.where)]
+    if args.segments < 1:
+        raise UsageError(f"--segments must be at least 1, got {args.segments}")
     if args.max_rows is not None:
         rows = rows[: args.max_rows]
     if not rows:
-        raise UsageError(f"manifest '{args.manifest}' has no rows to evaluate")
+        matching = " matching --where " + " ".join(f"{k}={v}" for k, v in args.where) if args.where else ""
+        raise UsageError(f"manifest '{args.manifest}' has no rows{matching} to evaluate")
     missing = next((row for row in rows if not os.path.isfile(row["video_path"])), None)
     if missing is not None:  # checked up front: a missing file should not surface after an hour of evaluation
         raise VideoDecodeError(missing["video_path"], f"file does not exist (row '{missing['id']}')",
@@ -390,10 +414,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
     judge = Judge(args.judge) if args.judge else None
     records = evaluate(model, rows, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
-                       batch_size=args.batch_size, judge=judge)
+                       batch_size=args.batch_size, judge=judge, segments=args.segments, compose=args.compose)
     summary = summarize(records, margins=dict(args.margins), num_resamples=args.num_resamples)
     summary["model"] = _model_reference(args.model)
     summary["manifest"] = os.path.abspath(args.manifest)
+    if args.where:
+        summary["where"] = dict(args.where)
+    if args.segments > 1:
+        summary["composition"] = {"segments": args.segments, "mode": args.compose}
     base_tokens = sum(record["visual_tokens"]["base"] for record in records) / len(records)
     summary["visual_tokens_per_query"] = {"base": base_tokens, "v2l": 0, "blind": 0}
     if judge is not None:
@@ -407,6 +435,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     report = markdown_report(summary) + (
         f"\nVisual tokens per query: Base {base_tokens:g}, V2L 0, Blind 0.\n"
     )
+    if args.segments > 1:
+        report += (f"\nV2L: {args.segments} segment adapters per video, composed by {args.compose}; Base: the whole "
+                   f"video in context, {args.segments} x the frames of one segment.\n")
 
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ themselves stay model-free in `evaluation.py`.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -238,9 +239,23 @@ def _scores(row: Mapping[str, Any], answer: str) -> dict[str, float]:
     return scores
 
 
+def internalize_segments(model: Video2LoRAModel, row: Mapping[str, Any], duration: float, *, segments: int,
+                         num_frames: int, compose: str) -> Video2LoRAAdapter:
+    """
+    One adapter per equal, non-overlapping segment of a row's video (or span), composed in rank space
+    ([`Video2LoRAAdapter.compose`]): how a video too long for one context is internalized (DESIGN.md §1, step 5).
+    """
+    start = float((row.get("span") or (0.0, None))[0])
+    bounds = [start + duration * i / segments for i in range(segments + 1)]
+    parts = [internalize_video(model, read_video(row["video_path"], num_frames=num_frames, start=begin, end=end,
+                                                 max_edge=model.config.frame_size))
+             for begin, end in itertools.pairwise(bounds)]
+    return Video2LoRAAdapter.compose(parts, mode=compose)
+
+
 def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_frames: int | None = None,
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, judge: Judge | None = None,
-             progress: bool = True) -> list[dict[str, Any]]:
+             segments: int = 1, compose: str = "concat", progress: bool = True) -> list[dict[str, Any]]:
     """
     Answer every row with Base, V2L and Blind and score the answers: one record per row, in the format
     [`video2lora.evaluation.summarize`] reads, plus the answers themselves.
@@ -256,15 +271,25 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
         max_new_tokens: greedy decoding budget, the same for every system.
         batch_size: questions per `generate` call.
         judge: optional [`Judge`]; adds a `judge` score per system.
+        segments: with more than one, V2L's adapter is the composition of one adapter per equal segment of the video,
+            each made from `num_frames` frames, while Base sees `num_frames x segments` frames of the whole: the
+            same frame budget, in one context against in separate adapters.
+        compose: how segment adapters combine: `"concat"` (ranks add up) or `"average"` (rank kept).
         progress: show progress bars.
     """
+    if segments < 1:
+        raise ValueError(f"segments must be at least 1, got {segments}.")
     num_frames = num_frames or model.config.num_frames
     options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
     blind_cache: dict[str, str] = {}
     records: list[dict[str, Any]] = []
     for (_, span), group in tqdm(group_by_video(rows), desc="videos", unit="video", disable=not progress):
-        video = read_row_video(group[0], num_frames=num_frames, max_edge=model.config.frame_size)
-        adapter = internalize_video(model, video)
+        video = read_row_video(group[0], num_frames=num_frames * segments, max_edge=model.config.frame_size)
+        if segments == 1:
+            adapter = internalize_video(model, video)
+        else:
+            adapter = internalize_segments(model, group[0], video.duration, segments=segments, num_frames=num_frames,
+                                           compose=compose)
         prompts = [row["prompt"] for row in group]
         unseen = list(dict.fromkeys(prompt for prompt in prompts if prompt not in blind_cache))
         blind_cache.update(zip(unseen, answer_with_adapter(model, None, unseen, **options), strict=True))
