@@ -71,7 +71,12 @@ class Video2LoRAConfig(PreTrainedConfig):
             Hidden width of the perceiver MLPs as a multiple of `latent_size`.
         input_projection_size (`int`, *optional*):
             Hidden width of the MLP that projects the base's hidden states to `latent_size`. Defaults to the
-            base's MLP intermediate size.
+            base's MLP intermediate size. Setting it to `latent_size` cuts the perceiver's per-token cost about 5x at
+            SmolVLM2-500M (see `docs/benchmarks.md`).
+        share_context_kv (`bool`, *optional*, defaults to `False`):
+            Project each layer's context to keys and values once, in the first encoder block, and let every encoder
+            block attend to those; by default (Perceiver IO, the Idefics2 resampler) each block projects its own.
+            Sharing makes adapter generation cheaper by `(num_blocks - 1)` context projections per token and layer.
         head_type (`str`, *optional*, defaults to `"per_layer"`):
             `"per_layer"` (the published head: one `d -> in + out` map per decoder layer, the bulk of the
             parameters) or `"shared"` (one map for all layers, told apart by a learned layer embedding).
@@ -103,6 +108,7 @@ class Video2LoRAConfig(PreTrainedConfig):
     num_attention_heads: int = 8
     mlp_ratio: int = 4
     input_projection_size: int | None = None
+    share_context_kv: bool = False
     head_type: str = "per_layer"
     use_layer_embedding: bool = False
     instruction: str = DEFAULT_INSTRUCTION

@@ -20,23 +20,34 @@ except ImportError:
 
 
 class CrossAttention(nn.Module):
-    """Pre-norm multi-head attention from `queries` to `context`, with a key padding mask."""
+    """Pre-norm multi-head attention from `queries` to `context`, with a key padding mask.
 
-    def __init__(self, *, dim: int, heads: int):
+    With `project_context=False` the module has no key/value projection of its own and attends to `keys_values`
+    projected by another block (`PerceiverHypernetwork` with `share_context_kv`).
+    """
+
+    def __init__(self, *, dim: int, heads: int, project_context: bool = True):
         super().__init__()
         self.heads = heads
         self.norm_queries = nn.LayerNorm(dim)
-        self.norm_context = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * dim, bias=False)
+        if project_context:
+            self.norm_context = nn.LayerNorm(dim)
+            self.to_kv = nn.Linear(dim, 2 * dim, bias=False)
         self.to_out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, queries: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
+    def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context `[b, t, d]` -> keys, values `[b, heads, t, d/heads]`."""
+        batch, length, _ = context.shape
+        k, v = self.to_kv(self.norm_context(context)).view(batch, length, 2, self.heads, -1).unbind(2)
+        return k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None = None,
+                keys_values: tuple[torch.Tensor, torch.Tensor] | None = None):
         # queries [b, n, d], context [b, t, d], context_mask [b, t] (True = attend)
         batch, num_queries, dim = queries.shape
         q = self.to_q(self.norm_queries(queries)).view(batch, num_queries, self.heads, -1).transpose(1, 2)
-        k, v = self.to_kv(self.norm_context(context)).view(batch, context.shape[1], 2, self.heads, -1).unbind(2)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, t, d/heads]
+        k, v = keys_values if keys_values is not None else self.project_context(context)
         attn_mask = None if context_mask is None else context_mask[:, None, None, :]  # [b, 1, 1, t]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [b, heads, n, d/heads]
         return self.to_out(out.transpose(1, 2).reshape(batch, num_queries, dim))
@@ -65,13 +76,13 @@ class FeedForward(nn.Sequential):
 class PerceiverBlock(nn.Module):
     """Cross-attention from the queries to the context, then an MLP; both residual. No self-attention."""
 
-    def __init__(self, *, dim: int, heads: int, mlp_ratio: int):
+    def __init__(self, *, dim: int, heads: int, mlp_ratio: int, project_context: bool = True):
         super().__init__()
-        self.attention = CrossAttention(dim=dim, heads=heads)
+        self.attention = CrossAttention(dim=dim, heads=heads, project_context=project_context)
         self.feed_forward = FeedForward(dim=dim, ratio=mlp_ratio)
 
-    def forward(self, queries, context, context_mask=None):
-        queries = queries + self.attention(queries, context, context_mask)
+    def forward(self, queries, context, context_mask=None, keys_values=None):
+        queries = queries + self.attention(queries, context, context_mask, keys_values)
         return queries + self.feed_forward(queries)
 
 
@@ -139,7 +150,10 @@ class PerceiverHypernetwork(nn.Module):
         use_layer_embedding = config.use_layer_embedding or config.head_type == "shared"
         self.layer_embedding = nn.Parameter(torch.empty(self.num_layers, dim)) if use_layer_embedding else None
         block = dict(dim=dim, heads=config.num_attention_heads, mlp_ratio=config.mlp_ratio)
-        self.encoder = nn.ModuleList(PerceiverBlock(**block) for _ in range(config.num_blocks))
+        # With shared keys and values, only the first encoder block projects the context; the others attend to it.
+        self.share_context_kv = config.share_context_kv
+        self.encoder = nn.ModuleList(PerceiverBlock(**block, project_context=index == 0 or not self.share_context_kv)
+                                     for index in range(config.num_blocks))
         self.output_queries = nn.Parameter(torch.empty(len(self.module_names) * self.rank, dim))
         self.decoder = PerceiverBlock(**block)
         self.head_mlp = FeedForward(dim=dim, ratio=config.mlp_ratio)
@@ -156,8 +170,9 @@ class PerceiverHypernetwork(nn.Module):
         latents = self.latents.expand(hidden_states.shape[0], -1, -1)
         if self.layer_embedding is not None:
             latents = latents + self.layer_embedding[layer]
+        keys_values = self.encoder[0].attention.project_context(context) if self.share_context_kv else None
         for block in self.encoder:
-            latents = block(latents, context, mask)
+            latents = block(latents, context, mask, keys_values)
         return latents
 
     def decode(self, latents: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -60,6 +60,27 @@ def test_several_target_modules_and_shared_head(make_model, processor):
     assert adapter.lora_A["mlp.down_proj"].shape[-1] == text.intermediate_size
 
 
+def test_shared_context_keys_and_values(make_model, processor):
+    separate, shared = make_model(num_blocks=3), make_model(num_blocks=3, share_context_kv=True)
+    dim = shared.config.latent_size
+    # Two blocks fewer with their own LayerNorm (2d) and K/V projection (d x 2d).
+    saved = sum(p.numel() for p in separate.parameters()) - sum(p.numel() for p in shared.parameters())
+    assert saved == 2 * (2 * dim + 2 * dim * dim)
+    blocks = shared.hypernetwork.encoder
+    assert hasattr(blocks[0].attention, "to_kv") and not any(hasattr(b.attention, "to_kv") for b in blocks[1:])
+
+    # Every block attends to the first block's keys and values: the same as copying its projection into the others.
+    perturb_(shared)
+    for block in separate.hypernetwork.encoder:
+        block.attention.norm_context.load_state_dict(blocks[0].attention.norm_context.state_dict())
+        block.attention.to_kv.load_state_dict(blocks[0].attention.to_kv.state_dict())
+    separate.hypernetwork.load_state_dict(shared.hypernetwork.state_dict(), strict=False)
+    separate.vlm.load_state_dict(shared.vlm.state_dict())
+    inputs = context(processor, 2)
+    torch.testing.assert_close(separate.generate_adapter(**inputs).lora_A["mlp.down_proj"],
+                               shared.generate_adapter(**inputs).lora_A["mlp.down_proj"])
+
+
 def test_untrained_adapter_is_an_exact_no_op_and_training_changes_it(make_model, processor):
     model = make_model()
     adapter = model.generate_adapter(**context(processor, 3))

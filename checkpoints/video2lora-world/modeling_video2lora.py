@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import re
+import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -95,8 +96,12 @@ class Video2LoRAAdapter:
         return next(iter(self.lora_A.values())).shape[1]
 
     def to(self, *args, **kwargs) -> Video2LoRAAdapter:
-        """`Tensor.to` on every tensor (device and/or dtype)."""
-        return self._map(lambda t: t.to(*args, **kwargs))
+        """`Tensor.to` on every tensor (device and/or dtype); like `Tensor.to`, returns `self` when nothing moves, so
+        per-adapter caches keyed on the object stay valid."""
+        moved = self._map(lambda t: t.to(*args, **kwargs))
+        unchanged = all(moved.lora_A[k] is v for k, v in self.lora_A.items()) and all(
+            moved.lora_B[k] is v for k, v in self.lora_B.items())
+        return self if unchanged else moved
 
     def detach(self) -> Video2LoRAAdapter:
         return self._map(torch.Tensor.detach)
@@ -525,19 +530,79 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         Answer with the base plus `adapter` and **no visual tokens** in the context (greedy, 64 new tokens unless
         `generate_kwargs` say otherwise). `adapter=None` answers blind. One adapter serves every question; an adapter
         batch pairs row `i` with question `i`.
+
+        The chat header every question starts with (`<|im_start|>User:`) is prefilled once per adapter and its keys and
+        values reused, so a question prefills only its own tokens: exactly what KV-prefix reuse prefills, over a
+        context of a few tokens instead of the whole video.
         """
         processor = self._require_processor()
         questions = [question] if isinstance(question, str) else list(question)
-        inputs = processor.encode_text(questions, padding_side="left").to(self.vlm.device)
         generate_kwargs = {"max_new_tokens": 64, "do_sample": False, **generate_kwargs}
+        if adapter is not None:
+            adapter = adapter.to(self.vlm.device)
+            self.check_adapter(adapter)
+            if len(adapter) not in (1, len(questions)):
+                raise ValueError(f"{len(adapter)} adapters cannot answer {len(questions)} questions; give one adapter "
+                                 "or one per question.")
+        inputs = self._header_cached_inputs(adapter, questions, generate_kwargs)
+        if inputs is None:  # beam search / several samples expand the batch inside generate(): no shared cache
+            inputs = processor.encode_text(questions, padding_side="left").to(self.vlm.device)
+        prompt_length = inputs["input_ids"].shape[1]
         if adapter is None:
             output = self.vlm.generate(**inputs, **generate_kwargs)
         else:
-            with self.apply_adapter(adapter.to(self.vlm.device)):
+            with self.apply_adapter(adapter):
                 output = self.vlm.generate(**inputs, **generate_kwargs)
-        texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
         texts = [text.strip() for text in texts]
         return texts[0] if isinstance(question, str) else texts
+
+    def _chat_header_ids(self) -> list[int]:
+        """The token ids every text-only prompt starts with, whatever the question (the prompts of two different
+        one-letter questions agree exactly on them)."""
+        tokenizer = self._require_processor().tokenizer
+        first, second = (tokenizer(self.processor.chat_prompt(text, with_video=False))["input_ids"] for text in "ab")
+        length = next((i for i, (x, y) in enumerate(zip(first, second, strict=False)) if x != y), min(len(first), len(second)))
+        return first[:length]
+
+    def _header_cache(self, adapter: Video2LoRAAdapter | None, header_ids: list[int]):
+        """The header's keys and values under `adapter` (one row per adapter), kept for the last adapter asked: a
+        video's questions usually come one after another."""
+        key = (tuple(header_ids), self.vlm.device, self.vlm.dtype, adapter is None)
+        cached = getattr(self, "_last_header_cache", None)
+        if cached is not None and cached[0] == key and (adapter is None or cached[1]() is adapter):
+            return cached[2]  # matched by identity: adapters hold tensors, so `==` is no test
+        rows = 1 if adapter is None else len(adapter)
+        ids = torch.tensor([header_ids] * rows, device=self.vlm.device)
+        with nullcontext() if adapter is None else self.apply_adapter(adapter):
+            cache = self.vlm.model(input_ids=ids, use_cache=True).cache
+        # A weak reference: the model must not keep a finished video's adapter alive.
+        self._last_header_cache = (key, None if adapter is None else weakref.ref(adapter), cache)
+        return cache
+
+    def _header_cached_inputs(self, adapter: Video2LoRAAdapter | None, questions: list[str],
+                              generate_kwargs: dict) -> dict | None:
+        """`generate()` inputs that start with the cached chat header: `[header | left padding | question]`, the
+        padding masked out, and a copy of the header cache widened to the batch. `None` where it does not apply."""
+        if generate_kwargs.get("num_beams", 1) != 1 or generate_kwargs.get("num_return_sequences", 1) != 1:
+            return None
+        processor = self._require_processor()
+        header = self._chat_header_ids()
+        prompts = processor.tokenizer([processor.chat_prompt(q, with_video=False) for q in questions])["input_ids"]
+        if not header or any(row[: len(header)] != header for row in prompts):
+            return None
+        tails = [row[len(header):] for row in prompts]
+        width = max(len(tail) for tail in tails)
+        pad = processor.tokenizer.pad_token_id
+        input_ids = [header + [pad] * (width - len(tail)) + tail for tail in tails]
+        attention_mask = [[1] * len(header) + [0] * (width - len(tail)) + [1] * len(tail) for tail in tails]
+        # generate() appends to the cache it is given, so each call gets its own copy.
+        cache = copy.deepcopy(self._header_cache(adapter, header))
+        if cache.layers[0].keys.shape[0] == 1 and len(questions) > 1:
+            cache.batch_repeat_interleave(len(questions))
+        device = self.vlm.device
+        return {"input_ids": torch.tensor(input_ids, device=device),
+                "attention_mask": torch.tensor(attention_mask, device=device), "cache": cache}
 
     def _require_processor(self) -> Video2LoRAProcessor:
         if self.processor is None:
