@@ -91,7 +91,8 @@ def per_token_macs(bench: BenchModel, config: Video2LoRAConfig | None = None) ->
     return {
         "decoder_layer": 2 * h * h + 2 * h * kv + 3 * h * inter,
         "perceiver_input_projection": h * 2 * projection + projection * d,
-        "perceiver_context_kv": config.num_blocks * d * 2 * d,  # every block projects the whole context again
+        # every block projects the whole context again, unless the first block's keys and values are shared
+        "perceiver_context_kv": (1 if config.share_context_kv else config.num_blocks) * d * 2 * d,
     }
 
 
@@ -201,9 +202,12 @@ def run_model(name: str, args) -> dict[str, Any]:
     image_size = settings.get("image_size")
     bench = load_model(name, image_size=image_size)
     warm_up(bench)
-    # What-if: the input projection narrowed to the latent width (the published one is as wide as the base's MLP).
-    variants = {"input_projection_size=latent_size": lighter_hypernetwork(
-        bench, input_projection_size=bench.model.config.latent_size)} if name != "quick" else {}
+    # What-ifs: the input projection narrowed to the latent width (the published one is as wide as the base's MLP),
+    # then also one key/value projection per layer shared by all encoder blocks (the published blocks have their own).
+    narrow = {"input_projection_size": bench.model.config.latent_size}
+    variants = {"input_projection_size=latent_size": lighter_hypernetwork(bench, **narrow),
+                "input_projection_size=latent_size+share_context_kv": lighter_hypernetwork(
+                    bench, **narrow, share_context_kv=True)} if name != "quick" else {}
     repeats = args.repeats or settings["repeats"]
     timing_rows = []
     for num_frames in args.frames or settings["time_frames"]:
@@ -214,13 +218,15 @@ def run_model(name: str, args) -> dict[str, Any]:
               f", generation / KV build {row['generation_over_kv_prefix_build']:.2f}x", flush=True)
     description, macs = bench.describe(), per_token_macs(bench)
     variant_macs = {label: per_token_macs(bench, variant.config) for label, variant in variants.items()}
+    variant_parameters = {label: sum(p.numel() for p in variant.hypernetwork.parameters())
+                          for label, variant in {"default": bench.model, **variants}.items()}
     del bench, variants  # free the model before the memory workers load their own
     memory_rows = measure_memory(name, args.frames or settings["memory_frames"], image_size, args.threads)
     worst = max(row["generation_over_kv_prefix_build"] for row in timing_rows)
     result = {
         "benchmark": "hypernetwork_cost", "model": description, "machine": machine_info(), "repeats": repeats,
         "image_size": image_size, "timing": timing_rows, "memory": memory_rows, "macs_per_token_per_layer": macs,
-        "variants_macs_per_token_per_layer": variant_macs,
+        "variants_macs_per_token_per_layer": variant_macs, "variants_hypernetwork_parameters": variant_parameters,
         "summary": {"max_generation_over_kv_prefix_build": worst, "target": TARGET_GENERATION_OVER_KV,
                     "target_holds": worst <= TARGET_GENERATION_OVER_KV},
     }

@@ -98,10 +98,15 @@ def batched_section() -> list[str]:
                           "bare base ratio", "target (0.8 V)"], rows), ""]
 
 
+_VARIANT_NAMES = {"input_projection_size=latent_size": "narrow projection",
+                  "input_projection_size=latent_size+share_context_kv": "narrow projection + shared K/V"}
+
+
 def hypernetwork_section(model: str) -> list[str]:
     result = _load(f"hypernetwork_cost_{model}")
     if result is None:
         return []
+    labels = list(result["timing"][0].get("variants_generation_over_kv_prefix_build", {}))
     rows = []
     for r in result["timing"]:
         t = r["median_s"]
@@ -109,12 +114,16 @@ def hypernetwork_section(model: str) -> list[str]:
         rows.append([r["frames"], r["context_tokens"], 1e3 * t["vision_tower"], 1e3 * t["vlm_forward"],
                      1e3 * t["vlm_until_last_layer"], 1e3 * (t["encode_context"] - t["vlm_until_last_layer"]),
                      1e3 * t["decode"], 1e3 * r["adapter_generation_s"], 1e3 * t["kv_prefix_build"],
-                     r["generation_over_kv_prefix_build"], next(iter(variants.values()), None)])
+                     r["generation_over_kv_prefix_build"], *(variants.get(label) for label in labels)])
     lines = [f"### Adapter generation split: {model} ({_weights(result)}"
              + (f", {result['image_size']} px" if result.get("image_size") else "") + ")", "",
              format_table(["frames", "context tokens", "vision ms", "VLM forward ms", "VLM part of gen ms",
                            "perceiver encoder ms", "decode ms", "adapter gen ms", "KV build ms", "gen / KV build",
-                           "gen / KV build, narrow projection"], rows), ""]
+                           *(f"gen / KV build, {_VARIANT_NAMES.get(label, label)}" for label in labels)], rows), ""]
+    parameters = result.get("variants_hypernetwork_parameters")
+    if parameters:
+        lines += ["Hypernetwork parameters: " + "; ".join(
+            f"{_VARIANT_NAMES.get(label, label)} {count / 1e6:.1f}M" for label, count in parameters.items()) + ".", ""]
     by_frames: dict[int, dict[str, int]] = {}
     for row in result["memory"]:
         by_frames.setdefault(row["frames"], {})[row["mode"]] = row["peak_above_baseline_bytes"]
