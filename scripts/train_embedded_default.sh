@@ -52,3 +52,10 @@ done
 
 # 6. Quality on held-out clips (DESIGN.md §6): Base vs Video2LoRA vs Blind.
 python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model "$V2L" --output_dir "$V2L/eval"
+
+# 7. Composition (DESIGN.md §1, step 5): two-segment clips, one adapter per half composed in rank space, against
+#    Base reading the whole clip (8 frames, twice a half's 4) and against Blind.
+for mode in concat average; do
+  python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
+    --compose "$mode" --num_frames 4 --model "$V2L" --output_dir "$V2L/eval-compose-$mode"
+done

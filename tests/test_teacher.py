@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from video2lora.data import ManifestError, read_manifest, write_manifest
-from video2lora.teacher import _part_paths, generate_teacher_targets, load_teacher, main
+from video2lora.teacher import _part_paths, generate_teacher_targets, load_teacher, main, weights_fingerprint
 from video2lora.world import write_world
 
 GENERATION = dict(num_frames=4, frame_size=64, batch_size=2, max_new_tokens=4, top_k_logprobs=3, progress=False)
@@ -58,6 +58,7 @@ def test_teacher_writes_a_well_formed_manifest(setup, reference_output):
     assert len(read_manifest(output, data_root=setup["root"], check_files=True).rows) == len(rows)
     for row in rows:
         assert row["target_text"].strip() and row["reference_text"] == setup["references"][row["id"]]
+        assert row["metadata"]["teacher"]["weights"] == weights_fingerprint(setup["vlm"])
         logprobs = row["teacher_logprobs"]
         steps = len(logprobs["token_ids"])
         assert 1 <= steps <= 4 and len(logprobs["top_ids"]) == len(logprobs["top_logprobs"]) == steps
@@ -100,6 +101,21 @@ def test_interrupted_run_resumes_to_the_same_manifest(setup, reference_output):
     again = generate_teacher_targets(setup["vlm"], setup["processor"], setup["manifest"], output, **GENERATION)
     assert again.num_generated == 0 and again.num_resumed == 6
     _same_manifest(_rows(output), _rows(reference_output[0]))
+
+
+def test_resume_refuses_another_teachers_answers(setup, reference_output):
+    import copy
+    import shutil
+
+    output = setup["root"] / "retrained.jsonl"
+    shutil.copy(reference_output[0], output)
+    retrained = copy.deepcopy(setup["vlm"])
+    with torch.no_grad():
+        retrained.lm_head.weight.mul_(1.5)  # the same path, other weights: a teacher retrained in place
+    with pytest.raises(ValueError, match="already holds answers from another teacher") as error:
+        generate_teacher_targets(retrained, setup["processor"], setup["manifest"], output, **GENERATION)
+    assert "delete it or choose another --output" in str(error.value) and "\n" not in str(error.value)
+    _same_manifest(_rows(output), _rows(reference_output[0]))  # nothing was touched
 
 
 def test_sharded_run_merges_in_manifest_order(setup, reference_output):

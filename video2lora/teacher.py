@@ -23,6 +23,7 @@ logged with their line number and the reason.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -133,6 +134,18 @@ def _read_rows(path: Path) -> list[dict]:
             if isinstance(row, dict) and isinstance(row.get("id"), str):
                 rows.append(row)
     return rows
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """
+    A short hash of a model's weights (every parameter's name, shape and sum in float64): two checkpoints under one
+    path, e.g. a teacher retrained in place, get different fingerprints. One pass over the weights, no file hashing.
+    """
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            digest.update(f"{name}{tuple(parameter.shape)}{parameter.double().sum().item():.10e}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _repair_torn_tail(path: Path) -> None:
@@ -295,9 +308,19 @@ def generate_teacher_targets(
     output.parent.mkdir(parents=True, exist_ok=True)
     own_part = _part_path(output, process_index)
     _repair_torn_tail(own_part)
+    fingerprint = weights_fingerprint(vlm)
     done: set[str] = set()
     for source in [*_part_paths(output), *([output] if output.is_file() else [])]:
-        done.update(row["id"] for row in _read_rows(source))
+        answered = _read_rows(source)
+        # Resuming must never mix two teachers' answers: a retrained teacher under the same path would otherwise
+        # skip every row the old one answered.
+        stale = next((row for row in answered
+                      if ((row.get("metadata") or {}).get("teacher") or {}).get("weights") != fingerprint), None)
+        if stale is not None:
+            raise ValueError(f"{source} already holds answers from another teacher (row '{stale['id']}', weights "
+                             f"{stale['metadata'].get('teacher', {}).get('weights')}; this teacher's are "
+                             f"{fingerprint}); delete it or choose another --output.")
+        done.update(row["id"] for row in answered)
     mine = [entry for index, entry in enumerate(rows) if index % num_processes == process_index]
     pending = [entry for entry in mine if entry[1]["id"] not in done]
     # A generate call lasts as long as its longest answer: batching short QA answers apart from long captions makes
@@ -307,8 +330,8 @@ def generate_teacher_targets(
     if report.num_resumed:
         logger.info(f"Resuming: {report.num_resumed} of this process's {len(mine)} rows are already answered.")
 
-    teacher_meta = {"model": teacher_name, "num_frames": num_frames, "frame_size": frame_size,
-                    "max_new_tokens": max_new_tokens}
+    teacher_meta = {"model": teacher_name, "weights": fingerprint, "num_frames": num_frames,
+                    "frame_size": frame_size, "max_new_tokens": max_new_tokens}
     video_cache: dict = {}
     bar = tqdm(total=len(pending), desc="teacher", unit="row", disable=not progress or process_index != 0)
     with own_part.open("a", encoding="utf-8") as part:
