@@ -63,8 +63,8 @@ TRAINING_DEFAULTS = {
 }
 # Hypernetwork settings `ModelArguments` can override on a fresh hypernetwork.
 HYPERNETWORK_FIELDS = ("lora_r", "lora_scale", "target_modules", "use_bias_block", "latent_size", "num_latents",
-                       "num_blocks", "num_attention_heads", "mlp_ratio", "input_projection_size", "head_type",
-                       "use_layer_embedding", "instruction")
+                       "num_blocks", "num_attention_heads", "mlp_ratio", "input_projection_size",
+                       "share_context_kv", "head_type", "use_layer_embedding", "instruction")
 TEACHER_KEYS = ("teacher_top_ids", "teacher_top_logprobs", "teacher_mask")
 
 
@@ -99,6 +99,8 @@ class ModelArguments:
     num_attention_heads: int | None = field(default=None, metadata={"help": "Perceiver attention heads (default 8)."})
     mlp_ratio: int | None = field(default=None, metadata={"help": "Perceiver MLP width / d (default 4)."})
     input_projection_size: int | None = field(default=None, metadata={"help": "Input MLP width (default: base's I)."})
+    share_context_kv: bool | None = field(default=None, metadata={
+        "help": "One context key/value projection per layer, shared by all encoder blocks (cheaper generation)."})
     head_type: str | None = field(default=None, metadata={"help": "per_layer (published) or shared."})
     use_layer_embedding: bool | None = field(default=None, metadata={"help": "Learned per-layer latent embedding."})
     instruction: str | None = field(default=None, metadata={"help": "Text after the frames when reading a video."})
