@@ -59,3 +59,26 @@ for mode in concat average; do
   python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
     --compose "$mode" --num_frames 4 --model "$V2L" --output_dir "$V2L/eval-compose-$mode"
 done
+
+# 8. The hypernetwork's model card (hub_cards/hypernetwork.md), with the held-out numbers of step 6.
+python - "$V2L" "$RUNS/video2lora" <<'PY'
+import json, sys, tempfile
+from pathlib import Path
+
+from modeling_video2lora import Video2LoRAModel
+from train_hf import prepare_hub_folder
+
+v2l, run = Path(sys.argv[1]), Path(sys.argv[2])
+em = json.loads((v2l / "eval" / "summary.json").read_text())["groups"]["qa"]["metrics"]["exact_match"]
+state = json.loads((run / "trainer_state.json").read_text())
+loss = next(entry["loss"] for entry in reversed(state["log_history"]) if "loss" in entry)
+summary = (f"Trained with scripts/train_embedded_default.sh: {state['global_step']:,} steps of 8 videos on the cached "
+           f"answers of checkpoints/smolvlm-world over 3,000 world clips; final training loss {loss:.2f}. Held-out "
+           f"quality: eval/report.md (V2L {em['means']['v2l']:.3f} vs Base {em['means']['base']:.3f} exact match on "
+           f"{em['num_items']:,} test questions, Blind {em['means']['blind']:.3f}).")
+with tempfile.TemporaryDirectory() as folder:
+    model = Video2LoRAModel.from_pretrained(v2l)
+    prepare_hub_folder(model, Path(folder) / "card", repo_id="video2lora-world", base_model_reference="../smolvlm-world",
+                       training_summary=summary)
+    (v2l / "README.md").write_text((Path(folder) / "card" / "README.md").read_text())
+PY
