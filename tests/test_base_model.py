@@ -25,6 +25,7 @@ from video2lora.world.base_model import (
     fast_pixel_values,
     load_training_checkpoint,
     make_batch,
+    sample_turns,
     save_training_checkpoint,
     token_labels,
     train_base,
@@ -225,3 +226,16 @@ def test_embedded_base_meets_targets():
     for kind in QUESTION_TYPES:
         assert result["video"][kind] >= 0.9, (kind, result["video"][kind])
         assert result["video"][kind] - result["blind"][kind] >= 0.3, (kind, result["video"][kind])
+
+
+def test_packed_turns_never_give_each_other_away():
+    rng = np.random.default_rng(0)
+    packed = 0
+    for seed in range(300):
+        clip = generate_clip(seed, **WORLD_OPTIONS)
+        turns = sample_turns(clip, rng, 4, 0.0)
+        packed += len(turns) > 1
+        for i, (question, _) in enumerate(turns):
+            words = set(question.replace("?", " ").replace(",", " ").split())
+            assert not any(answer in words for j, (_, answer) in enumerate(turns) if j != i), turns
+    assert packed > 200  # the constraint still leaves several questions per sequence

@@ -348,8 +348,10 @@ def sample_turns(clip: Clip, rng: np.random.Generator, questions: int,
 
     Question types are drawn uniformly among those the clip has, so rare types (order, colour change) get their
     share. Turns that would give each other away never share a sequence: a colour question and a shape question
-    (DESIGN.md §8), or the two colour-change questions. The caption states everything, so it only ever comes
-    last.
+    (DESIGN.md §8), the two colour-change questions, or any turn whose answer word is named by another turn's
+    question ("which way does the red object move?" before "what colour is the circle?" in a one-object clip):
+    a leaked answer can be copied from the text, and copying teaches nothing about the video. The caption states
+    everything, so it only ever comes last.
     """
     by_type = defaultdict(list)
     for item in clip.qa:
@@ -363,10 +365,17 @@ def sample_turns(clip: Clip, rng: np.random.Generator, questions: int,
             by_type.pop(kind)
         for exclusive in _EXCLUSIVE.get(kind, ()):
             by_type.pop(exclusive, None)
+        if any(_names(question, item.answer) or _names(item.question, answer) for question, answer in chosen):
+            continue
         chosen.append((item.question, item.answer))
     if rng.random() < caption_probability:
         chosen.append((CAPTION_PROMPT, clip.caption))
     return chosen
+
+
+def _names(question: str, answer: str) -> bool:
+    """Whether `question` contains the word `answer` (so it gives that answer away)."""
+    return answer in question.replace("?", " ").replace(",", " ").split()
 
 
 # Question types whose answers give each other away for the same clip.
