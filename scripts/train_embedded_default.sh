@@ -16,7 +16,7 @@ V2L=checkpoints/video2lora-world
 # 1. The frozen base and teacher: a tiny SmolVLM trained from scratch on in-memory world clips (DESIGN.md §8).
 if [ -z "${SKIP_BASE:-}" ]; then
   resume=(); [ -d "$RUNS/base/last-checkpoint" ] && resume=(--resume)
-  python -m video2lora.world.base_model --output_dir "$RUNS/base" --minutes "${BASE_MINUTES:-60}" \
+  python -m video2lora.world.base_model --output_dir "$RUNS/base" --minutes "${BASE_MINUTES:-180}" \
     --export "$BASE" --eval_test "${resume[@]}"
 fi
 
