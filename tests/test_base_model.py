@@ -212,15 +212,19 @@ def test_embedded_base_is_small_and_really_sees_the_video():
     result = _embedded_eval()
     assert (EMBEDDED / "model.safetensors").stat().st_size < 10 * 2**20
     assert result["split"] == "test" and result["num_items"]["overall"] >= 500
-    # What the shipped teacher does reach: it reads count and colour from the video, far above blind.
-    assert result["video"]["overall"] - result["blind"]["overall"] >= 0.3
-    for kind in ("count", "colour"):
+    # What the shipped teacher does reach: the targets on shape, count and colour change, and far above
+    # blind on every type.
+    assert result["video"]["overall"] - result["blind"]["overall"] >= 0.6
+    for kind in ("shape", "count", "colour_change"):
+        assert result["video"][kind] >= 0.9 and result["video"][kind] - result["blind"][kind] >= 0.3, kind
+    for kind in QUESTION_TYPES:
         assert result["video"][kind] - result["blind"][kind] >= 0.3, (kind, result["video"][kind])
 
 
-@pytest.mark.xfail(strict=True, reason="known shortfall: the shipped teacher is at chance on shape, direction, "
-                   "order and colour change (see checkpoints/smolvlm-world/README.md); strict, so it flips to a "
-                   "failure, and must be unmarked, once a retrained teacher meets the issue's targets")
+@pytest.mark.xfail(strict=True, reason="known shortfall: the shipped teacher cannot yet find an object by its shape "
+                   "name, so colour (0.55), direction and order questions that name a shape stay below 0.9 (see "
+                   "checkpoints/smolvlm-world/README.md); strict, so it flips to a failure, and must be unmarked, "
+                   "once a retrained teacher meets the issue's targets")
 def test_embedded_base_meets_targets():
     result = _embedded_eval()
     for kind in QUESTION_TYPES:

@@ -832,10 +832,10 @@ REPRODUCE_COMMAND = (
 )
 # How the shipped checkpoint was actually trained (resumed invocations on a shared 2-core CPU).
 TRAINING_HISTORY = (
-    "about 190 minutes of wall time in six resumed invocations on a shared 2-core CPU: 872 steps at a peak learning "
-    "rate of 1e-3 whose wall-time cosine decayed early on the loaded machine, 2,200 steps from 4.7e-4 down, then a "
-    "warm restart at about 1e-3 (`--learning_rate 3e-3 --schedule_minutes 170`, then `185`, on resume) for the "
-    "rest, with question packing that never names another turn's answer and, for the last 40 minutes, colour "
+    "about 170 minutes of wall time and 7,134 steps, in seven resumed invocations on a shared 2-core CPU: 872 steps "
+    "at a peak learning rate of 1e-3 whose wall-time cosine decayed early on the loaded machine, 2,200 steps from "
+    "4.7e-4 down, then a warm restart at about 1e-3 (`--learning_rate 3e-3 --schedule_minutes 170`, then `185`, on "
+    "resume) with question packing that never names another turn's answer, and for the last 16 minutes colour "
     "questions three times as often"
 )
 
