@@ -356,3 +356,14 @@ def test_write_video_round_trip_feeds_internalize(capsys, model_dir, tmp_path):
     write_video(tmp_path / "mine.mkv", frames, fps=3.0)
     code, out, _ = run_cli(capsys, "internalize", tmp_path / "mine.mkv", "-o", tmp_path / "a", "--model", model_dir)
     assert code == 0 and "internalized 4 frames" in out
+
+
+def test_readme_main_command_runs_on_the_embedded_default(capsys):
+    """`video2lora demo --compare` with no --model: the shipped checkpoints, offline, on a clip they never saw."""
+    code, out, _ = run_cli(capsys, "demo", "--compare", "--seed", "1")
+    assert code == 0
+    clip = generate_clip(split_seeds("test", 1, offset=1)[0])
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert "V2L (0 visual tokens)" in table[0] and len(table) == 2 + len(clip.qa)
+    match = re.search(rf"exact match on {len(clip.qa)} questions: V2L (\d+), Base (\d+)", out)
+    assert match and int(match.group(2)) >= 1  # the trained teacher reads this clip
