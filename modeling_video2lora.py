@@ -560,10 +560,9 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
     def _chat_header_ids(self) -> list[int]:
         """The token ids every text-only prompt starts with, whatever the question (the prompts of two different
         one-letter questions agree exactly on them)."""
-        tokenizer = self._require_processor().tokenizer
-        first, second = (tokenizer(self.processor.chat_prompt(text, with_video=False))["input_ids"] for text in "ab")
-        length = next((i for i, (x, y) in enumerate(zip(first, second, strict=False)) if x != y), min(len(first), len(second)))
-        return first[:length]
+        processor = self._require_processor()
+        prompts = [processor.tokenizer(processor.chat_prompt(text, with_video=False))["input_ids"] for text in "ab"]
+        return os.path.commonprefix(prompts)  # element-wise on any sequences, token lists included
 
     def _header_cache(self, adapter: Video2LoRAAdapter | None, header_ids: list[int]):
         """The header's keys and values under `adapter` (one row per adapter), kept for the last adapter asked: a

@@ -63,21 +63,24 @@ def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end", type=float, default=None, help="span end, in seconds (exclusive)")
 
 
+def _key_value(text: str, usage: str) -> tuple[str, str]:
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"expected {usage}, got {text!r}")
+    return key, value
+
+
 def _margin(text: str) -> tuple[str, float]:
-    metric, separator, value = text.partition("=")
+    usage = "METRIC=VALUE (e.g. token_f1=0.05)"
+    metric, value = _key_value(text, usage)
     try:
-        if not separator or not metric:
-            raise ValueError
         return metric, float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected METRIC=VALUE (e.g. token_f1=0.05), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {usage}, got {text!r}") from None
 
 
 def _condition(text: str) -> tuple[str, str]:
-    field, separator, value = text.partition("=")
-    if not separator or not field:
-        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got '{text}'")
-    return field, value
+    return _key_value(text, "FIELD=VALUE")
 
 
 def _matches(row: dict[str, Any], conditions: Sequence[tuple[str, str]]) -> bool:

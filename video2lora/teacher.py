@@ -148,6 +148,11 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def _teacher_weights(row: dict) -> str | None:
+    """The weights fingerprint of the teacher that answered `row` (`None` for rows from before fingerprints)."""
+    return ((row.get("metadata") or {}).get("teacher") or {}).get("weights")
+
+
 def _repair_torn_tail(path: Path) -> None:
     """Cut a part file back to its last complete line, so that appending never glues a row onto a torn one."""
     if not path.is_file():
@@ -314,12 +319,11 @@ def generate_teacher_targets(
         answered = _read_rows(source)
         # Resuming must never mix two teachers' answers: a retrained teacher under the same path would otherwise
         # skip every row the old one answered.
-        stale = next((row for row in answered
-                      if ((row.get("metadata") or {}).get("teacher") or {}).get("weights") != fingerprint), None)
+        stale = next((row for row in answered if _teacher_weights(row) != fingerprint), None)
         if stale is not None:
             raise ValueError(f"{source} already holds answers from another teacher (row '{stale['id']}', weights "
-                             f"{stale['metadata'].get('teacher', {}).get('weights')}; this teacher's are "
-                             f"{fingerprint}); delete it or choose another --output.")
+                             f"{_teacher_weights(stale)}; this teacher's are {fingerprint}); delete it or choose "
+                             "another --output.")
         done.update(row["id"] for row in answered)
     mine = [entry for index, entry in enumerate(rows) if index % num_processes == process_index]
     pending = [entry for entry in mine if entry[1]["id"] not in done]

@@ -347,9 +347,9 @@ def sample_turns(clip: Clip, rng: np.random.Generator, questions: int,
     """Pick the `(prompt, answer)` turns of one clip's training sequence.
 
     Question types are drawn among those the clip has, uniformly except that colour questions (find an object by
-    its shape) come three times as often, so rare types (order, colour change) get their share. Turns that would give each other away never share a sequence: a colour question and a shape question
-    (DESIGN.md §8), the two colour-change questions, or any turn whose answer word is named by another turn's
-    question ("which way does the red object move?" before "what colour is the circle?" in a one-object clip):
+    its shape) come three times as often, so rare types (order, colour change) get their share. Turns that would
+    give each other away never share a sequence: a colour question and a shape question (DESIGN.md §8), the two
+    colour-change questions, or any turn whose answer word is named by another turn's question ("which way does the red object move?" before "what colour is the circle?" in a one-object clip):
     a leaked answer can be copied from the text, and copying teaches nothing about the video. The caption states
     everything, so it only ever comes last.
     """
