@@ -26,21 +26,28 @@ fi
 [ -f "$DATA/test_two_segment.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 60 \
   --two-segment --no-progress
 
-# 3. Teacher targets: the base's own greedy answers with the video in context.
+# 3. Teacher targets: the base's own greedy answers with the video in context, and its top-8 log-probs per answer
+#    token for the KL term of step 4.
 # One single-threaded process per core: tiny models spend more time in thread hand-offs than in matmuls.
 NPROC=${NPROC:-$(nproc)}
 OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" -m video2lora.teacher --model "$BASE" --manifest "$DATA/train.jsonl" \
-  --output "$DATA/train_teacher.jsonl" --num_frames 4 --frame_size 64 --batch_size 64
+  --output "$DATA/train_teacher.jsonl" --num_frames 4 --frame_size 64 --batch_size 64 --top_k_logprobs 8
 
-# 4. The hypernetwork (DESIGN.md §8: 16 latents of width 128, 2 blocks, rank 8, per-layer heads), 8 videos a step.
+# 4. The hypernetwork (DESIGN.md §8: 16 latents of width 128, 2 blocks, rank 8, per-layer heads), 8 videos a step,
+#    cross-entropy on the teacher's answers plus KL to its top-8. INIT_FROM=<a Video2LoRA folder> continues that
+#    hypernetwork (same architecture) instead of starting from scratch, e.g. after the base was trained further.
 resume=(); ls -d "$RUNS/video2lora"/checkpoint-* >/dev/null 2>&1 && resume=(--resume_from_checkpoint last)
-OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" train_hf.py --base_model_name_or_path "$BASE" \
-  --base_model_reference ../smolvlm-world \
+if [ -n "${INIT_FROM:-}" ]; then
+  model=(--init_from "$INIT_FROM")
+else
+  model=(--base_model_name_or_path "$BASE"
+         --lora_r 8 --latent_size 128 --num_latents 16 --num_blocks 2 --num_attention_heads 4)
+fi
+OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" train_hf.py "${model[@]}" --base_model_reference ../smolvlm-world \
   --train_manifest "$DATA/train_teacher.jsonl" --data_root "$DATA" --output_dir "$RUNS/video2lora" \
-  --lora_r 8 --latent_size 128 --num_latents 16 --num_blocks 2 --num_attention_heads 4 \
   --num_frames 4 --frame_size 64 --questions_per_video 16 --per_device_train_batch_size $((8 / NPROC)) \
-  --max_steps "${MAX_STEPS:-3000}" --learning_rate 1e-3 --logging_steps 25 --save_strategy steps --save_steps 200 \
-  --save_total_limit 2 --report_to none "${resume[@]}"
+  --kl_weight "${KL_WEIGHT:-1.0}" --max_steps "${MAX_STEPS:-3000}" --learning_rate "${LEARNING_RATE:-1e-3}" \
+  --logging_steps 25 --save_strategy steps --save_steps 200 --save_total_limit 2 --report_to none "${resume[@]}"
 
 # 5. Ship the final hypernetwork beside its base (weights, config, processor files, custom code; no pickles).
 mkdir -p "$V2L"

@@ -13,11 +13,13 @@ from transformers import SmolVLMForConditionalGeneration
 from processing_video2lora import Video2LoRAProcessor
 from video2lora.world import COLOURS, QUESTION_TYPES, SHAPES, generate_clip
 from video2lora.world.base_model import (
+    IGNORE,
     WORLD_OPTIONS,
     AuxiliaryHeads,
     BaseTrainingArguments,
     PromptEncoder,
     assert_fast_pixels_match,
+    binding_loss,
     build_base,
     clip_video,
     evaluate_base,
@@ -105,6 +107,49 @@ def _clip_with(colour: str, shape: str) -> tuple:
     raise AssertionError(f"no {colour} {shape} in the first 500 clips")
 
 
+def test_binding_queries_point_at_the_named_object(micro):
+    """Each binding query sits on the token before its answer, and its targets are the named object's tokens."""
+    _, processor = micro
+    seeds = range(8)
+    batch = micro_batch(processor, seeds, questions=4)
+    clips = [generate_clip(seed, **WORLD_OPTIONS) for seed in seeds]
+    assert len(batch.binding_rows) > 0
+    for row, position, targets in zip(batch.binding_rows, batch.binding_positions, batch.binding_targets, strict=True):
+        assert batch.labels[row, position] == IGNORE and batch.labels[row, position + 1] != IGNORE
+        prompt = processor.tokenizer.decode(batch.input_ids[row, : position + 1]).rsplit("User:", 1)[-1]
+        item = next(item for item in clips[row].qa if item.question in prompt)
+        assert item.question_type != "count"
+        objects = batch.token_labels["object"][row]
+        assert targets.any() and set(objects[targets].tolist()) <= set(item.objects)
+        assert not (np.isin(objects[~targets].numpy(), item.objects)).any()
+
+
+def test_binding_loss_rewards_looking_at_the_named_object_only(micro):
+    _, processor = micro
+    batch = micro_batch(processor, range(8), questions=4)
+    image_mask = batch.input_ids == processor.image_token_id
+    rows, length = batch.input_ids.shape
+    objects = torch.zeros(rows, length, dtype=torch.long) - 1
+    objects[image_mask] = batch.token_labels["object"].reshape(-1)
+
+    def attentions(spread: str) -> list[torch.Tensor]:
+        """Two layers of two heads; every query's head 0 spreads evenly over the tokens `spread` names."""
+        layers = [torch.full((rows, 2, length, length), 1.0 / length) for _ in range(2)]
+        for query, (row, position) in enumerate(zip(batch.binding_rows, batch.binding_positions, strict=True)):
+            target = torch.zeros(length, dtype=torch.bool)
+            target[image_mask[row]] = batch.binding_targets[query]
+            chosen = {"target": target, "others": (objects[row] >= 0) & ~target}[spread]
+            if spread == "others" and not chosen.any():
+                chosen = ~image_mask[row]  # a one-object clip has no other object: look at the text instead
+            for layer in layers:
+                layer[row, 0, position] = chosen.float() / chosen.sum()
+        return layers
+
+    on_target = binding_loss(attentions("target"), batch, image_mask)
+    on_others = binding_loss(attentions("others"), batch, image_mask)
+    assert on_target < 0.1 < 2.0 < on_others
+
+
 def test_aux_labels_line_up_with_object_maps():
     clip, index = _clip_with("red", "square")
     frames = clip.step_centre_frames
@@ -151,6 +196,22 @@ def test_checkpoint_roundtrip_and_resume(tmp_path):
     with open(checkpoint / "trainer_state.json") as handle:
         assert json.load(handle)["step"] == 3
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters(), strict=True))
+
+
+def test_new_cycle_restarts_the_schedule_from_the_checkpoint(tmp_path):
+    args = BaseTrainingArguments(output_dir=str(tmp_path / "run"), minutes=5, max_steps=3, vision_warmup_steps=1,
+                                 batch_clips=2, questions_per_clip=2, num_validation_clips=1, tokenizer_clips=20,
+                                 architecture=dict(MICRO, image_size=64, patch_size=4, scale_factor=4))
+    train_base(args)  # runs until step / max_steps reaches 1: the schedule is spent
+    state_path = tmp_path / "run" / "last-checkpoint" / "trainer_state.json"
+    assert json.loads(state_path.read_text())["step"] == 3
+    train_base(args, resume=True)  # a plain resume has nothing left to do
+    assert json.loads(state_path.read_text())["step"] == 3
+    args.new_cycle, args.schedule_minutes = True, 5.0
+    train_base(args, resume=True)  # a new cycle counts its own steps: three more
+    state = json.loads(state_path.read_text())
+    assert state["step"] == 6 and state["scheduler"]["start_step"] == 3
+    assert state["scheduler"]["total_s"] == 300.0
 
 
 def test_save_and_load_restore_optimizer_and_rng(micro, tmp_path):
@@ -212,19 +273,19 @@ def test_embedded_base_is_small_and_really_sees_the_video():
     result = _embedded_eval()
     assert (EMBEDDED / "model.safetensors").stat().st_size < 10 * 2**20
     assert result["split"] == "test" and result["num_items"]["overall"] >= 500
-    # What the shipped teacher does reach: the issue's targets on shape, count and colour change, and far above
+    # What the shipped teacher does reach: the issue's >= 0.9 on every type but order (23 of 26), and far above
     # blind on every type.
-    assert result["video"]["overall"] - result["blind"]["overall"] >= 0.6
-    for kind in ("shape", "count", "colour_change"):
-        assert result["video"][kind] >= 0.9 and result["video"][kind] - result["blind"][kind] >= 0.3, kind
+    assert result["video"]["overall"] - result["blind"]["overall"] >= 0.8
     for kind in QUESTION_TYPES:
+        floor = 0.85 if kind == "order" else 0.9
+        assert result["video"][kind] >= floor, (kind, result["video"][kind])
         assert result["video"][kind] - result["blind"][kind] >= 0.3, (kind, result["video"][kind])
 
 
-@pytest.mark.xfail(strict=True, reason="known shortfall: the shipped teacher cannot yet find an object by its shape "
-                   "name, so colour (0.55), direction and order questions that name a shape stay below 0.9 (see "
-                   "checkpoints/smolvlm-world/README.md); strict, so it flips to a failure, and must be unmarked, "
-                   "once a retrained teacher meets the issue's targets")
+@pytest.mark.xfail(strict=True, reason="known shortfall: the shipped teacher answers 23 of 26 held-out order "
+                   "questions (0.885), one short of 0.9; every other type is at 0.99 or more (see "
+                   "checkpoints/smolvlm-world/README.md). Strict, so it flips to a failure, and must be unmarked, once "
+                   "a retrained teacher meets the issue's targets")
 def test_embedded_base_meets_targets():
     result = _embedded_eval()
     for kind in QUESTION_TYPES:
