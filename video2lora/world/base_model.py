@@ -362,9 +362,10 @@ def sample_turns(clip: Clip, rng: np.random.Generator, questions: int,
     Question types are drawn among those the clip has, uniformly except that colour questions (find an object by
     its shape) come three times as often, so rare types (order, colour change) get their share. Turns that would
     give each other away never share a sequence: a colour question and a shape question (DESIGN.md §8), the two
-    colour-change questions, or any turn whose answer word is named by another turn's question ("which way does the red object move?" before "what colour is the circle?" in a one-object clip):
-    a leaked answer can be copied from the text, and copying teaches nothing about the video. The caption states
-    everything, so it only ever comes last.
+    colour-change questions, or any turn whose answer word is named by another turn's question ("which way does the
+    red object move?" before "what colour is the circle?" in a one-object clip): a leaked answer can be copied from
+    the text, and copying teaches nothing about the video. The caption states everything, so it only ever comes
+    last.
     """
     by_type = defaultdict(list)
     for item in clip.qa:
@@ -530,11 +531,13 @@ def binding_loss(attentions: Sequence[torch.Tensor], batch: Batch, image_mask: t
     """
     rows, positions = batch.binding_rows, batch.binding_positions
     probs = torch.cat([attentions[layer][rows, :, positions] for layer in BINDING_LAYERS], dim=1)  # [Q, L*heads, S]
-    targets = torch.zeros(probs.shape[0], probs.shape[-1], dtype=torch.bool)
-    others = torch.zeros_like(targets)
-    # Row-major: the mask's order is the visual tokens' order.
-    targets[image_mask[rows]] = batch.binding_targets.reshape(-1)
-    others[image_mask[rows]] = (batch.token_labels["object"][rows] != IGNORE).reshape(-1) & ~targets[image_mask[rows]]
+    # Spread the per-visual-token labels over each query's row; row-major, the mask's order is the tokens' order.
+    visual = image_mask[rows]  # [Q, S]
+    targets = torch.zeros_like(visual)
+    targets[visual] = batch.binding_targets.reshape(-1)
+    objects = torch.zeros_like(visual)
+    objects[visual] = (batch.token_labels["object"][rows] != IGNORE).reshape(-1)
+    others = objects & ~targets
     probs = probs.float()
     on_target = (probs * targets[:, None]).sum(-1)  # [Q, L*heads]
     on_others = (probs * others[:, None]).sum(-1)  # [Q, L*heads]
