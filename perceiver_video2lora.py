@@ -9,6 +9,8 @@ Shapes (DESIGN.md §3): `B` videos, `L` decoder layers, `T` context positions, `
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,13 @@ try:  # loaded as a Hub module (a package) by trust_remote_code, or as an instal
     from .configuration_video2lora import Video2LoRAConfig
 except ImportError:
     from configuration_video2lora import Video2LoRAConfig
+
+
+def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Positions `[b, t]` -> the Transformer's sin/cos encoding `[b, t, dim]` (wavelengths 2π to 2π·10⁴)."""
+    frequencies = torch.exp(torch.arange(0, dim, 2, device=positions.device) * (-math.log(10_000.0) / dim))
+    angles = positions.float()[..., None] * frequencies  # [b, t, dim/2]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 class CrossAttention(nn.Module):
@@ -147,6 +156,8 @@ class PerceiverHypernetwork(nn.Module):
         self.input_projection = GatedMLP(in_features=text_config.hidden_size, hidden_features=projection_size,
                                          out_features=dim)
         self.latents = nn.Parameter(torch.empty(config.num_latents, dim))
+        # Starts at zero (see `_init_weights`), so turning positions on for a trained perceiver is a no-op at first.
+        self.position_projection = nn.Parameter(torch.empty(dim, dim)) if config.use_context_positions else None
         use_layer_embedding = config.use_layer_embedding or config.head_type == "shared"
         self.layer_embedding = nn.Parameter(torch.empty(self.num_layers, dim)) if use_layer_embedding else None
         block = dict(dim=dim, heads=config.num_attention_heads, mlp_ratio=config.mlp_ratio)
@@ -166,7 +177,12 @@ class PerceiverHypernetwork(nn.Module):
 
     def encode_layer(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, layer: int) -> torch.Tensor:
         """Summarize one layer's states `[b, T, h]` (mask `[b, T]`, True = real token) into latents `[b, n, d]`."""
-        context = self.input_projection(hidden_states.to(self.latents.dtype))
+        context = self.input_projection(hidden_states.to(self.latents.dtype))  # [b, T, d]
+        if self.position_projection is not None:
+            # Count real tokens only, so a padded row gets the positions it would have unpadded.
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0) if mask is not None else torch.arange(
+                hidden_states.shape[1], device=hidden_states.device).expand(hidden_states.shape[0], -1)
+            context = context + sinusoidal_encoding(positions, context.shape[-1]).to(context.dtype) @ self.position_projection
         latents = self.latents.expand(hidden_states.shape[0], -1, -1)
         if self.layer_embedding is not None:
             latents = latents + self.layer_embedding[layer]
@@ -190,4 +206,4 @@ class PerceiverHypernetwork(nn.Module):
         return {name: head(chunk) for name, head, chunk in zip(self.module_names, self.heads, features, strict=True)}
 
 
-__all__ = ["PerceiverHypernetwork", "LoraHead", "PerceiverBlock", "CrossAttention", "FeedForward", "GatedMLP"]
+__all__ = ["PerceiverHypernetwork", "sinusoidal_encoding", "LoraHead", "PerceiverBlock", "CrossAttention", "FeedForward", "GatedMLP"]

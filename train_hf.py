@@ -64,7 +64,10 @@ TRAINING_DEFAULTS = {
 # Hypernetwork settings `ModelArguments` can override on a fresh hypernetwork.
 HYPERNETWORK_FIELDS = ("lora_r", "lora_scale", "target_modules", "use_bias_block", "latent_size", "num_latents",
                        "num_blocks", "num_attention_heads", "mlp_ratio", "input_projection_size",
-                       "share_context_kv", "head_type", "use_layer_embedding", "instruction")
+                       "share_context_kv", "head_type", "use_layer_embedding", "use_context_positions",
+                       "instruction")
+# Settings that `--init_from` may turn on: their new weights start as a no-op, so the checkpoint's function is kept.
+GROWABLE_FIELDS = ("use_context_positions",)
 TEACHER_KEYS = ("teacher_top_ids", "teacher_top_logprobs", "teacher_mask")
 
 
@@ -103,6 +106,8 @@ class ModelArguments:
         "help": "One context key/value projection per layer, shared by all encoder blocks (cheaper generation)."})
     head_type: str | None = field(default=None, metadata={"help": "per_layer (published) or shared."})
     use_layer_embedding: bool | None = field(default=None, metadata={"help": "Learned per-layer latent embedding."})
+    use_context_positions: bool | None = field(default=None, metadata={
+        "help": "Sinusoidal context positions through a zero-initialized projection; may be added with --init_from."})
     instruction: str | None = field(default=None, metadata={"help": "Text after the frames when reading a video."})
 
     def __post_init__(self):
@@ -477,9 +482,10 @@ def build_model(model_args: ModelArguments, data_args: DataArguments) -> Video2L
               if v is not None}
     if model_args.init_from is not None:
         overrides = model_args.hypernetwork_overrides()
+        growth = {name: overrides.pop(name) for name in GROWABLE_FIELDS if overrides.get(name)}
         if overrides:
             raise TrainingSetupError(f"--init_from continues a checkpoint with its own architecture; drop {sorted(overrides)}.")
-        model = Video2LoRAModel.from_pretrained(model_args.init_from, dtype=dtype)
+        model = Video2LoRAModel.from_pretrained(model_args.init_from, dtype=dtype, **growth)
         for key, value in frames.items():
             setattr(model.config, key, value)
     else:

@@ -34,13 +34,15 @@ OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" -m video2lora.teacher --mod
   --output "$DATA/train_teacher.jsonl" --num_frames 4 --frame_size 64 --batch_size 64 --top_k_logprobs 8
 
 # 4. The hypernetwork (DESIGN.md §8: 16 latents of width 128, 2 blocks, rank 8, per-layer heads), 8 videos a step,
-#    cross-entropy on the teacher's answers plus KL to its top-8. INIT_FROM=<a Video2LoRA folder> continues that
-#    hypernetwork (same architecture) instead of starting from scratch, e.g. after the base was trained further.
+#    cross-entropy on the teacher's answers plus KL to its top-8. The context carries its token positions
+#    (--use_context_positions): cross-attention alone cannot tell the first frame from the last. INIT_FROM=<a
+#    Video2LoRA folder> continues that hypernetwork instead of starting from scratch, e.g. after the base was trained
+#    further; positions are added to it if it had none (a no-op until they train).
 resume=(); ls -d "$RUNS/video2lora"/checkpoint-* >/dev/null 2>&1 && resume=(--resume_from_checkpoint last)
 if [ -n "${INIT_FROM:-}" ]; then
-  model=(--init_from "$INIT_FROM")
+  model=(--init_from "$INIT_FROM" --use_context_positions true)
 else
-  model=(--base_model_name_or_path "$BASE"
+  model=(--base_model_name_or_path "$BASE" --use_context_positions true
          --lora_r 8 --latent_size 128 --num_latents 16 --num_blocks 2 --num_attention_heads 4)
 fi
 OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" train_hf.py "${model[@]}" --base_model_reference ../smolvlm-world \

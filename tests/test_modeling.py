@@ -60,6 +60,43 @@ def test_several_target_modules_and_shared_head(make_model, processor):
     assert adapter.lora_A["mlp.down_proj"].shape[-1] == text.intermediate_size
 
 
+def test_context_positions_let_the_perceiver_see_token_order(make_model):
+    blind, positioned = make_model(), make_model(use_context_positions=True)
+    hypernetwork = positioned.hypernetwork
+    torch.testing.assert_close(hypernetwork.position_projection, torch.zeros_like(hypernetwork.position_projection))
+    perturb_(blind, std=0.3)  # a trained perceiver's attention is selective; near-uniform attention averages order away
+    hypernetwork.load_state_dict(blind.hypernetwork.state_dict(), strict=False)
+    states = torch.randn(1, 10, blind.config.text_config.hidden_size)
+    reversed_states = states.flip(1)
+
+    # Zero-initialized: exactly the perceiver without positions, which cannot tell a sequence from its reverse.
+    for model in (blind, positioned):
+        torch.testing.assert_close(model.hypernetwork.encode_layer(states, None, 0),
+                                   blind.hypernetwork.encode_layer(states, None, 0))
+    torch.testing.assert_close(blind.hypernetwork.encode_layer(states, None, 0),
+                               blind.hypernetwork.encode_layer(reversed_states, None, 0))
+
+    # Once the projection has trained, order shows, and left padding does not shift the positions.
+    with torch.no_grad():
+        hypernetwork.position_projection.normal_(std=0.5)
+    forward = hypernetwork.encode_layer(states, None, 0)
+    assert (forward - hypernetwork.encode_layer(reversed_states, None, 0)).abs().max() > 0.05
+    padded = torch.cat([torch.randn(1, 3, states.shape[-1]), states], dim=1)
+    mask = torch.tensor([[False] * 3 + [True] * 10])
+    torch.testing.assert_close(hypernetwork.encode_layer(padded, mask, 0), forward, atol=1e-4, rtol=1e-4)
+
+
+def test_context_positions_grow_a_saved_checkpoint_as_a_no_op(make_model, processor, tmp_path):
+    model = make_model()
+    perturb_(model)
+    model.save_pretrained(tmp_path)
+    grown = Video2LoRAModel.from_pretrained(tmp_path, use_context_positions=True).eval()
+    assert grown.config.use_context_positions and grown.hypernetwork.position_projection.abs().sum() == 0
+    inputs = context(processor, 2)
+    torch.testing.assert_close(grown.generate_adapter(**inputs).lora_B["mlp.down_proj"],
+                               model.generate_adapter(**inputs).lora_B["mlp.down_proj"])
+
+
 def test_shared_context_keys_and_values(make_model, processor):
     separate, shared = make_model(num_blocks=3), make_model(num_blocks=3, share_context_kv=True)
     dim = shared.config.latent_size

@@ -221,6 +221,22 @@ def test_bad_arguments_fail_clearly(workspace):
     assert model_args.hypernetwork_overrides() == {} and data_args.kl_weight == 0.0
 
 
+def test_init_from_keeps_the_architecture_but_may_add_context_positions(trained):
+    def build(*flags):
+        return train_hf.build_model(*train_hf.parse_args(["--init_from", str(trained), "--train_manifest", "x",
+                                                          "--output_dir", "o", *flags])[:2])
+
+    with pytest.raises(train_hf.TrainingSetupError, match="drop \\['num_blocks'\\]"):
+        build("--num_blocks", "3")
+    saved = Video2LoRAModel.from_pretrained(trained).hypernetwork.state_dict()
+    grown = build("--use_context_positions", "true")
+    assert grown.config.use_context_positions
+    state = grown.hypernetwork.state_dict()
+    assert set(state) - set(saved) == {"position_projection"} and state["position_projection"].abs().sum() == 0
+    for name, tensor in saved.items():
+        torch.testing.assert_close(state[name], tensor)
+
+
 def test_collator_batches_each_video_once_with_teacher_tokens(processor):
     from tests.conftest import make_frames
 
