@@ -87,12 +87,17 @@ def per_token_macs(bench: BenchModel, config: Video2LoRAConfig | None = None) ->
     info = bench.describe()
     h, inter, kv = info["hidden_size"], info["intermediate_size"], info["kv_heads"] * info["head_dim"]
     projection = config.input_projection_size or inter
-    d = config.latent_size
+    d, queries = config.latent_size, config.num_attention_heads * config.num_latents
+    if config.share_context_kv:  # the first block projects the context once; every block attends to it
+        context_kv = d * 2 * d
+    elif queries < d:  # each block attends through its projections (`CrossAttention._attend_through_projections`)
+        context_kv = config.num_blocks * 2 * queries * d
+    else:  # each block projects the whole context to keys and values
+        context_kv = config.num_blocks * d * 2 * d
     return {
         "decoder_layer": 2 * h * h + 2 * h * kv + 3 * h * inter,
         "perceiver_input_projection": h * 2 * projection + projection * d,
-        # every block projects the whole context again, unless the first block's keys and values are shared
-        "perceiver_context_kv": (1 if config.share_context_kv else config.num_blocks) * d * 2 * d,
+        "perceiver_context_kv": context_kv,
     }
 
 

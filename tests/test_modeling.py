@@ -13,6 +13,7 @@ from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 
 from configuration_video2lora import Video2LoRAConfig
 from modeling_video2lora import AdapterMismatchError, Video2LoRAAdapter, Video2LoRAModel
+from perceiver_video2lora import CrossAttention
 from tests.conftest import TINY_HYPERNETWORK, make_frames, perturb_
 
 INSTRUCTION = "Internalize this video for later captioning."
@@ -60,6 +61,25 @@ def test_several_target_modules_and_shared_head(make_model, processor):
     assert adapter.lora_A["mlp.down_proj"].shape[-1] == text.intermediate_size
 
 
+@pytest.mark.parametrize(("dim", "heads", "num_queries"), [(32, 4, 4), (512, 8, 8)])
+def test_attention_through_the_projections_equals_projecting_the_context(dim, heads, num_queries, monkeypatch):
+    torch.manual_seed(0)
+    attention = CrossAttention(dim=dim, heads=heads)
+    with torch.no_grad():
+        for parameter in attention.parameters():
+            parameter.normal_(std=dim**-0.5)
+    queries, context = torch.randn(2, num_queries, dim), torch.randn(2, 40, dim)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, :7] = False  # a left-padded row
+    projected = attention(queries, None, mask, keys_values=attention.project_context(context))
+
+    def unused(_):
+        raise AssertionError("the context was projected")
+
+    monkeypatch.setattr(attention, "project_context", unused)  # few queries: the context is never projected
+    torch.testing.assert_close(attention(queries, context, mask), projected, atol=1e-5, rtol=1e-4)
+
+
 def test_context_positions_let_the_perceiver_see_token_order(make_model):
     blind, positioned = make_model(), make_model(use_context_positions=True)
     hypernetwork = positioned.hypernetwork
@@ -74,7 +94,7 @@ def test_context_positions_let_the_perceiver_see_token_order(make_model):
         torch.testing.assert_close(model.hypernetwork.encode_layer(states, None, 0),
                                    blind.hypernetwork.encode_layer(states, None, 0))
     torch.testing.assert_close(blind.hypernetwork.encode_layer(states, None, 0),
-                               blind.hypernetwork.encode_layer(reversed_states, None, 0))
+                               blind.hypernetwork.encode_layer(reversed_states, None, 0), atol=1e-4, rtol=1e-4)
 
     # Once the projection has trained, order shows, and left padding does not shift the positions.
     with torch.no_grad():
