@@ -10,6 +10,10 @@ Time (interleaved, per frame count):
 - `decode`: `hypernetwork.decode(latents)` (decoder block + LoRA heads), independent of the frame count;
 - `kv_prefix_build`: the KV-prefix build of the same video, the one-time cost adapter generation competes with.
 
+Attention paths (interleaved, 20 rounds): one encoder block's cross-attention at the measured context length, 4x
+and 16x it, computed through the key and value projections (what the model runs with few queries) against projecting
+every context token first; the speedup is the median of the per-round ratios.
+
 Memory (one fresh subprocess per frame count and mode, peak RSS above the RSS after loading and a 1-frame warm-up,
 Linux `VmHWM` reset via `clear_refs`; the peak includes the video's pixel tensor, the same in both modes): `adapter` is `generate_adapter` (streaming: each layer's states go to the perceiver and are dropped)
 and `hidden_states` is what the published code holds, the stacked `[L, T, h]` states from `output_hidden_states`.
@@ -39,6 +43,7 @@ from benchmarks.common import (
     load_model,
     machine_info,
     make_frames,
+    paired_ratio,
     peak_rss_bytes,
     query_inputs,
     ratio,
@@ -202,6 +207,27 @@ def measure_memory(name: str, frame_counts: list[int], image_size: int | None, t
 # ---- driver ---------------------------------------------------------------------------------------------------------
 
 
+def time_attention_paths(bench: BenchModel, lengths: list[int], repeats: int) -> list[dict[str, Any]]:
+    """
+    One encoder block's cross-attention of the latents to `t` context tokens, both ways: through the key and value
+    projections (what the model runs when heads x latents < d) against projecting every context token first.
+    """
+    attention = bench.model.hypernetwork.encoder[0].attention
+    config = bench.model.config
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(1, config.num_latents, config.latent_size, generator=generator)
+    rows = []
+    for length in lengths:
+        context = torch.randn(1, length, config.latent_size, generator=generator)
+        cases = {"through_projections": Case(run=lambda _, c=context: attention(queries, c)),
+                 "projected_context": Case(run=lambda _, c=context: attention(
+                     queries, None, keys_values=attention.project_context(c)))}
+        timings = time_interleaved(cases, repeats=repeats, warmup=1)
+        rows.append({"context_tokens": length, **{f"{k}_s": v.median for k, v in timings.items()},
+                     "speedup": paired_ratio(timings["projected_context"], timings["through_projections"])})
+    return rows
+
+
 def run_model(name: str, args) -> dict[str, Any]:
     settings = SETTINGS[name]
     image_size = settings.get("image_size")
@@ -221,6 +247,11 @@ def run_model(name: str, args) -> dict[str, Any]:
         print(f"  {name} {num_frames:>5} frames: generation {row['adapter_generation_s'] * 1e3:9.1f} ms, VLM share "
               f"{row['vlm_share_of_generation']:.2f}, hypernetwork share {row['hypernetwork_share_of_generation']:.2f}"
               f", generation / KV build {row['generation_over_kv_prefix_build']:.2f}x", flush=True)
+    base_tokens = timing_rows[0]["context_tokens"]
+    attention_rows = time_attention_paths(bench, [base_tokens, 4 * base_tokens, 16 * base_tokens], repeats=20)
+    for row in attention_rows:
+        print(f"  {name} one block's cross-attention, {row['context_tokens']:>6} context tokens: through the "
+              f"projections {row['speedup']:.2f}x faster than projecting the context", flush=True)
     description, macs = bench.describe(), per_token_macs(bench)
     variant_macs = {label: per_token_macs(bench, variant.config) for label, variant in variants.items()}
     variant_parameters = {label: sum(p.numel() for p in variant.hypernetwork.parameters())
@@ -230,7 +261,8 @@ def run_model(name: str, args) -> dict[str, Any]:
     worst = max(row["generation_over_kv_prefix_build"] for row in timing_rows)
     result = {
         "benchmark": "hypernetwork_cost", "model": description, "machine": machine_info(), "repeats": repeats,
-        "image_size": image_size, "timing": timing_rows, "memory": memory_rows, "macs_per_token_per_layer": macs,
+        "image_size": image_size, "timing": timing_rows, "attention_paths": attention_rows, "memory": memory_rows,
+        "macs_per_token_per_layer": macs,
         "variants_macs_per_token_per_layer": variant_macs, "variants_hypernetwork_parameters": variant_parameters,
         "summary": {"max_generation_over_kv_prefix_build": worst, "target": TARGET_GENERATION_OVER_KV,
                     "target_holds": worst <= TARGET_GENERATION_OVER_KV},

@@ -131,6 +131,11 @@ def hypernetwork_section(model: str) -> list[str]:
                             "peak RSS, published [L, T, h] capture"],
                            [[f, format_bytes(m["adapter"]), format_bytes(m["hidden_states"])]
                             for f, m in sorted(by_frames.items())]), ""]
+    if result.get("attention_paths"):
+        lines += [format_table(["context tokens", "through the projections ms", "projecting the context ms",
+                                "speedup"],
+                               [[r["context_tokens"], 1e3 * r["through_projections_s"], 1e3 * r["projected_context_s"],
+                                 r["speedup"]] for r in result["attention_paths"]]), ""]
     macs = result["macs_per_token_per_layer"]
     lines += [f"MACs per context token per layer: decoder layer {macs['decoder_layer']:,}; perceiver input projection "
               f"{macs['perceiver_input_projection']:,}; perceiver context K/V over all blocks "

@@ -89,3 +89,6 @@ def test_hypernetwork_cost(run_quick):
     assert all(row["peak_above_baseline_bytes"] >= 0 for row in result["memory"])
     assert set(result["macs_per_token_per_layer"]) == {"decoder_layer", "perceiver_input_projection",
                                                        "perceiver_context_kv"}
+    lengths = [row["context_tokens"] for row in result["attention_paths"]]
+    assert lengths == [lengths[0], 4 * lengths[0], 16 * lengths[0]]
+    assert all(row["speedup"] > 0 and row["through_projections_s"] > 0 for row in result["attention_paths"])
