@@ -82,13 +82,14 @@ em = json.loads((v2l / "eval" / "summary.json").read_text())["groups"]["qa"]["me
 state = json.loads((run / "trainer_state.json").read_text())
 loss = next(entry["loss"] for entry in reversed(state["log_history"]) if "loss" in entry)
 start = f", continuing the hypernetwork in {init_from}" if init_from else ""
-summary = (f"Trained with scripts/train_embedded_default.sh: {state['global_step']:,} steps of 8 videos{start} on the "
+model = Video2LoRAModel.from_pretrained(v2l)
+positions = " with context positions" if model.config.use_context_positions else ""
+summary = (f"Trained with scripts/train_embedded_default.sh: {state['global_step']:,} steps of 8 videos{positions}{start} on the "
            f"cached answers of checkpoints/smolvlm-world over 3,000 world clips (cross-entropy plus {kl_weight} x KL to "
            f"the teacher's top-8 log-probs); final training loss {loss:.2f}. Held-out "
            f"quality: eval/report.md (V2L {em['means']['v2l']:.3f} vs Base {em['means']['base']:.3f} exact match on "
            f"{em['num_items']:,} test questions, Blind {em['means']['blind']:.3f}).")
 with tempfile.TemporaryDirectory() as folder:
-    model = Video2LoRAModel.from_pretrained(v2l)
     prepare_hub_folder(model, Path(folder) / "card", repo_id="video2lora-world", base_model_reference="../smolvlm-world",
                        training_summary=summary)
     (v2l / "README.md").write_text((Path(folder) / "card" / "README.md").read_text())

@@ -82,6 +82,12 @@ class Video2LoRAConfig(PreTrainedConfig):
             parameters) or `"shared"` (one map for all layers, told apart by a learned layer embedding).
         use_layer_embedding (`bool`, *optional*, defaults to `False`):
             Add a learned per-layer embedding to the latents. Always on for the `"shared"` head, which needs it.
+        use_context_positions (`bool`, *optional*, defaults to `False`):
+            Add a sinusoidal encoding of each context token's position, through a learned projection that starts at
+            zero, to the projected context. Cross-attention alone is blind to token order, so without it the
+            perceiver knows which frame a visual token came from only through what the base wrote into its states;
+            with it, temporal facts (which way an object moves, what happens first) can be read off positions. The
+            published perceiver has none. Turning it on for a trained checkpoint changes nothing until it trains.
         instruction (`str`, *optional*, defaults to `"Internalize this video for later captioning."`):
             Text placed after the frames when the base encodes a video.
         num_frames (`int`, *optional*, defaults to 12):
@@ -111,6 +117,7 @@ class Video2LoRAConfig(PreTrainedConfig):
     share_context_kv: bool = False
     head_type: str = "per_layer"
     use_layer_embedding: bool = False
+    use_context_positions: bool = False
     instruction: str = DEFAULT_INSTRUCTION
     num_frames: int = 12
     frame_size: int = 384
@@ -134,6 +141,8 @@ class Video2LoRAConfig(PreTrainedConfig):
                 fail(f"`{name}` must be a positive integer, got {value!r}.")
         if self.num_frames < 1 or self.frame_size < 1:
             fail(f"`num_frames` and `frame_size` must be positive, got {self.num_frames} and {self.frame_size}.")
+        if self.use_context_positions and self.latent_size % 2:
+            fail(f"use_context_positions needs an even latent_size (sin/cos pairs), got {self.latent_size}.")
         if self.latent_size % self.num_attention_heads:
             fail(f"`latent_size` ({self.latent_size}) must be divisible by `num_attention_heads` "
                  f"({self.num_attention_heads}).")

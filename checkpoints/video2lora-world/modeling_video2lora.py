@@ -262,6 +262,8 @@ class Video2LoRAPreTrainedModel(PreTrainedModel):
             init.normal_(module.output_queries, std=std)
             if module.layer_embedding is not None:
                 init.normal_(module.layer_embedding, std=std)
+            if module.position_projection is not None:
+                init.zeros_(module.position_projection)
         elif isinstance(module, LoraHead):
             # The features reaching the head are unit vectors, so a fan-in scale keeps rows of A near unit size.
             init.normal_(module.weight, std=module.weight.shape[-2] ** -0.5)
