@@ -202,10 +202,12 @@ class PerceiverHypernetwork(nn.Module):
         """Summarize one layer's states `[b, T, h]` (mask `[b, T]`, True = real token) into latents `[b, n, d]`."""
         context = self.input_projection(hidden_states.to(self.latents.dtype))  # [b, T, d]
         if self.position_projection is not None:
-            # Count real tokens only, so a padded row gets the positions it would have unpadded.
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0) if mask is not None else torch.arange(
-                hidden_states.shape[1], device=hidden_states.device).expand(hidden_states.shape[0], -1)
-            context = context + sinusoidal_encoding(positions, context.shape[-1]).to(context.dtype) @ self.position_projection
+            if mask is None:
+                positions = torch.arange(context.shape[1], device=context.device).expand(context.shape[0], -1)
+            else:  # count real tokens only, so a padded row gets the positions it would have unpadded
+                positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            encoding = sinusoidal_encoding(positions, context.shape[-1]).to(context.dtype)  # [b, T, d]
+            context = context + encoding @ self.position_projection
         latents = self.latents.expand(hidden_states.shape[0], -1, -1)
         if self.layer_embedding is not None:
             latents = latents + self.layer_embedding[layer]
