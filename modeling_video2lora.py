@@ -403,6 +403,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         """
         layers = self._decoder_layers()
         mask = attention_mask.bool() if attention_mask is not None else None
+        position_term = self.hypernetwork.position_term(mask, input_ids.shape[1])  # one per context, not per layer
         grad_enabled = torch.is_grad_enabled()
         latents: list[torch.Tensor | None] = [None] * len(layers)
 
@@ -410,7 +411,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             def hook(module, args, kwargs):
                 hidden_states = args[0] if args else kwargs["hidden_states"]
                 with torch.set_grad_enabled(grad_enabled):
-                    latents[index] = self.hypernetwork.encode_layer(hidden_states, mask, index)
+                    latents[index] = self.hypernetwork.encode_layer(hidden_states, mask, index, position_term)
                 if index == len(layers) - 1:
                     raise _ContextCaptured
             return hook

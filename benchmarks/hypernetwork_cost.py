@@ -55,6 +55,7 @@ from benchmarks.common import (
 )
 from configuration_video2lora import Video2LoRAConfig
 from modeling_video2lora import Video2LoRAModel
+from perceiver_video2lora import attends_through_projections
 
 # Frame counts for timing and for memory, cut for this CPU: a 1,024-frame round of the six timed cases takes ~2 minutes
 # on the tiny model, and a 16-frame round ~3 minutes on the 500M architecture. Memory runs once per point, so it goes
@@ -95,7 +96,7 @@ def per_token_macs(bench: BenchModel, config: Video2LoRAConfig | None = None) ->
     d, queries = config.latent_size, config.num_attention_heads * config.num_latents
     if config.share_context_kv:  # the first block projects the context once; every block attends to it
         context_kv = d * 2 * d
-    elif queries < d:  # each block attends through its projections (`CrossAttention._attend_through_projections`)
+    elif attends_through_projections(heads=config.num_attention_heads, num_queries=config.num_latents, dim=d):
         context_kv = config.num_blocks * 2 * queries * d
     else:  # each block projects the whole context to keys and values
         context_kv = config.num_blocks * d * 2 * d

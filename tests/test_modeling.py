@@ -80,6 +80,11 @@ def test_attention_through_the_projections_equals_projecting_the_context(dim, he
     torch.testing.assert_close(attention(queries, context, mask), projected, atol=1e-5, rtol=1e-4)
 
 
+def encode_first_layer(hypernetwork, states, mask=None):
+    """`encode_layer` for layer 0, with the position term as `encode_context` computes it."""
+    return hypernetwork.encode_layer(states, mask, 0, hypernetwork.position_term(mask, states.shape[1]))
+
+
 def test_context_positions_let_the_perceiver_see_token_order(make_model):
     blind, positioned = make_model(), make_model(use_context_positions=True)
     hypernetwork = positioned.hypernetwork
@@ -91,19 +96,19 @@ def test_context_positions_let_the_perceiver_see_token_order(make_model):
 
     # Zero-initialized: exactly the perceiver without positions, which cannot tell a sequence from its reverse.
     for model in (blind, positioned):
-        torch.testing.assert_close(model.hypernetwork.encode_layer(states, None, 0),
-                                   blind.hypernetwork.encode_layer(states, None, 0))
-    torch.testing.assert_close(blind.hypernetwork.encode_layer(states, None, 0),
-                               blind.hypernetwork.encode_layer(reversed_states, None, 0), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(encode_first_layer(model.hypernetwork, states),
+                                   encode_first_layer(blind.hypernetwork, states))
+    torch.testing.assert_close(encode_first_layer(blind.hypernetwork, states),
+                               encode_first_layer(blind.hypernetwork, reversed_states), atol=1e-4, rtol=1e-4)
 
     # Once the projection has trained, order shows, and left padding does not shift the positions.
     with torch.no_grad():
         hypernetwork.position_projection.normal_(std=0.5)
-    forward = hypernetwork.encode_layer(states, None, 0)
-    assert (forward - hypernetwork.encode_layer(reversed_states, None, 0)).abs().max() > 0.05
+    forward = encode_first_layer(hypernetwork, states)
+    assert (forward - encode_first_layer(hypernetwork, reversed_states)).abs().max() > 0.05
     padded = torch.cat([torch.randn(1, 3, states.shape[-1]), states], dim=1)
     mask = torch.tensor([[False] * 3 + [True] * 10])
-    torch.testing.assert_close(hypernetwork.encode_layer(padded, mask, 0), forward, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(encode_first_layer(hypernetwork, padded, mask), forward, atol=1e-4, rtol=1e-4)
 
 
 def test_context_positions_grow_a_saved_checkpoint_as_a_no_op(make_model, processor, tmp_path):

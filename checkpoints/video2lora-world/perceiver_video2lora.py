@@ -28,6 +28,12 @@ def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def attends_through_projections(*, heads: int, num_queries: int, dim: int) -> bool:
+    """Whether a cross-attention reads its context through the key and value projections (few queries) rather than
+    projecting every context token: cheaper per token exactly when `heads * num_queries < dim`."""
+    return heads * num_queries < dim
+
+
 class CrossAttention(nn.Module):
     """Pre-norm multi-head attention from `queries` to `context`, with a key padding mask.
 
@@ -56,7 +62,7 @@ class CrossAttention(nn.Module):
         # queries [b, n, d], context [b, t, d], context_mask [b, t] (True = attend)
         batch, num_queries, dim = queries.shape
         q = self.to_q(self.norm_queries(queries)).view(batch, num_queries, self.heads, -1).transpose(1, 2)
-        if keys_values is None and self.heads * num_queries < dim:
+        if keys_values is None and attends_through_projections(heads=self.heads, num_queries=num_queries, dim=dim):
             out = self._attend_through_projections(q, context, context_mask)
         else:
             k, v = keys_values if keys_values is not None else self.project_context(context)
@@ -198,16 +204,30 @@ class PerceiverHypernetwork(nn.Module):
             for in_features, out_features in config.target_module_dims().values()
         )
 
-    def encode_layer(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, layer: int) -> torch.Tensor:
-        """Summarize one layer's states `[b, T, h]` (mask `[b, T]`, True = real token) into latents `[b, n, d]`."""
+    def position_term(self, mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+        """
+        What `use_context_positions` adds to every layer's projected context: `[b, T, d]` (`[1, T, d]` without a
+        mask), or `None` when positions are off. It is the same for every layer, so callers compute it once per
+        context and pass it to each `encode_layer`.
+        """
+        if self.position_projection is None:
+            return None
+        if mask is None:
+            positions = torch.arange(length, device=self.position_projection.device)[None]
+        else:  # count real tokens only, so a padded row gets the positions it would have unpadded
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        encoding = sinusoidal_encoding(positions, self.position_projection.shape[0])  # [b, T, d]
+        return encoding.to(self.position_projection.dtype) @ self.position_projection
+
+    def encode_layer(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, layer: int,
+                     position_term: torch.Tensor | None = None) -> torch.Tensor:
+        """Summarize one layer's states `[b, T, h]` (mask `[b, T]`, True = real token) into latents `[b, n, d]`;
+        `position_term` is [`position_term`]'s output for this context (required when positions are on)."""
+        if (position_term is None) != (self.position_projection is None):
+            raise ValueError("encode_layer needs `position_term(mask, T)` exactly when use_context_positions is on.")
         context = self.input_projection(hidden_states.to(self.latents.dtype))  # [b, T, d]
-        if self.position_projection is not None:
-            if mask is None:
-                positions = torch.arange(context.shape[1], device=context.device).expand(context.shape[0], -1)
-            else:  # count real tokens only, so a padded row gets the positions it would have unpadded
-                positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            encoding = sinusoidal_encoding(positions, context.shape[-1]).to(context.dtype)  # [b, T, d]
-            context = context + encoding @ self.position_projection
+        if position_term is not None:
+            context = context + position_term
         latents = self.latents.expand(hidden_states.shape[0], -1, -1)
         if self.layer_embedding is not None:
             latents = latents + self.layer_embedding[layer]
@@ -231,4 +251,4 @@ class PerceiverHypernetwork(nn.Module):
         return {name: head(chunk) for name, head, chunk in zip(self.module_names, self.heads, features, strict=True)}
 
 
-__all__ = ["PerceiverHypernetwork", "sinusoidal_encoding", "LoraHead", "PerceiverBlock", "CrossAttention", "FeedForward", "GatedMLP"]
+__all__ = ["PerceiverHypernetwork", "sinusoidal_encoding", "attends_through_projections", "LoraHead", "PerceiverBlock", "CrossAttention", "FeedForward", "GatedMLP"]
