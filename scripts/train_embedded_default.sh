@@ -14,14 +14,16 @@ BASE=checkpoints/smolvlm-world
 V2L=checkpoints/video2lora-world
 
 # 1. The frozen base and teacher: a tiny SmolVLM trained from scratch on in-memory world clips (DESIGN.md §8).
+#    BASE_DEVICE=cuda trains it on a GPU when there is one (same recipe; the wall-time budget then buys ~25x the steps).
 if [ -z "${SKIP_BASE:-}" ]; then
   resume=(); [ -d "$RUNS/base/last-checkpoint" ] && resume=(--resume)
   python -m video2lora.world.base_model --output_dir "$RUNS/base" --minutes "${BASE_MINUTES:-180}" \
-    --export "$BASE" --eval_test "${resume[@]}"
+    --export "$BASE" --eval_test --device "${BASE_DEVICE:-cpu}" "${resume[@]}"
 fi
 
 # 2. World clips on disk, as a user's data would be: MP4 files plus DESIGN.md §5 manifests.
-[ -f "$DATA/train.jsonl" ] || python -m video2lora.world --out "$DATA" --split train --num-clips 3000 --no-progress
+[ -f "$DATA/train.jsonl" ] || python -m video2lora.world --out "$DATA" --split train --num-clips "${TRAIN_CLIPS:-9000}" \
+  --no-progress
 [ -f "$DATA/test.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 150 --no-progress
 [ -f "$DATA/test_two_segment.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 60 \
   --two-segment --no-progress

@@ -80,6 +80,17 @@ def test_batch_answers_follow_the_prompt_layout(micro):
     assert int((batch.labels[0] == eou).sum()) >= 2
 
 
+def test_batch_moves_every_tensor_to_the_training_device(micro):
+    _, processor = micro
+    batch = micro_batch(processor)
+    moved = batch.to("meta")  # a device without data: catches any field left behind on the CPU
+    tensors = [moved.pixel_values, moved.input_ids, moved.attention_mask, moved.labels, moved.label_weights,
+               moved.row_clip, moved.binding_rows, moved.binding_positions, moved.binding_targets,
+               *moved.token_labels.values()]
+    assert all(tensor.device.type == "meta" for tensor in tensors)
+    assert moved.input_ids.shape == batch.input_ids.shape and moved.token_labels.keys() == batch.token_labels.keys()
+
+
 def test_a_few_steps_reduce_the_loss(micro):
     model, processor = micro
     model = SmolVLMForConditionalGeneration(model.config)  # fresh weights, the fixture stays untouched
@@ -273,20 +284,13 @@ def test_embedded_base_is_small_and_really_sees_the_video():
     result = _embedded_eval()
     assert (EMBEDDED / "model.safetensors").stat().st_size < 10 * 2**20
     assert result["split"] == "test" and result["num_items"]["overall"] >= 500
-    # What the shipped teacher does reach: the issue's >= 0.9 on every type but order (23 of 26), and far above
-    # blind on every type.
-    assert result["video"]["overall"] - result["blind"]["overall"] >= 0.8
-    for kind in QUESTION_TYPES:
-        floor = 0.85 if kind == "order" else 0.9
-        assert result["video"][kind] >= floor, (kind, result["video"][kind])
-        assert result["video"][kind] - result["blind"][kind] >= 0.3, (kind, result["video"][kind])
+    # Far above blind overall, on enough questions that one type cannot carry it.
+    assert result["video"]["overall"] - result["blind"]["overall"] >= 0.7
+    assert min(result["num_items"][kind] for kind in QUESTION_TYPES) >= 100
 
 
-@pytest.mark.xfail(strict=True, reason="known shortfall: the shipped teacher answers 23 of 26 held-out order "
-                   "questions (0.885), one short of 0.9; every other type is at 0.99 or more (see "
-                   "checkpoints/smolvlm-world/README.md). Strict, so it flips to a failure, and must be unmarked, once "
-                   "a retrained teacher meets the issue's targets")
 def test_embedded_base_meets_targets():
+    """The issue's bar for the teacher: >= 0.9 on every question type and >= 0.3 above blind."""
     result = _embedded_eval()
     for kind in QUESTION_TYPES:
         assert result["video"][kind] >= 0.9, (kind, result["video"][kind])
