@@ -72,7 +72,7 @@ for mode in concat average; do
 done
 
 # 8. The hypernetwork's model card (hub_cards/hypernetwork.md), with the held-out numbers of step 6.
-python - "$V2L" "$RUNS/video2lora" "${INIT_FROM:-}" "${KL_WEIGHT:-1.0}" <<'PY'
+python - "$V2L" "$RUNS/video2lora" "${INIT_FROM:-}" "${KL_WEIGHT:-1.0}" "$DATA/train_teacher.jsonl" <<'PY'
 import json, sys, tempfile
 from pathlib import Path
 
@@ -80,6 +80,8 @@ from modeling_video2lora import Video2LoRAModel
 from train_hf import prepare_hub_folder
 
 v2l, run, init_from, kl_weight = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+with open(sys.argv[5]) as rows:
+    num_clips = len({json.loads(row)["video_path"] for row in rows})
 em = json.loads((v2l / "eval" / "summary.json").read_text())["groups"]["qa"]["metrics"]["exact_match"]
 state = json.loads((run / "trainer_state.json").read_text())
 loss = next(entry["loss"] for entry in reversed(state["log_history"]) if "loss" in entry)
@@ -87,7 +89,7 @@ start = f", continuing the hypernetwork in {init_from}" if init_from else ""
 model = Video2LoRAModel.from_pretrained(v2l)
 positions = " with context positions" if model.config.use_context_positions else ""
 summary = (f"Trained with scripts/train_embedded_default.sh: {state['global_step']:,} steps of 8 videos{positions}{start} on the "
-           f"cached answers of checkpoints/smolvlm-world over 3,000 world clips (cross-entropy plus {kl_weight} x KL to "
+           f"cached answers of checkpoints/smolvlm-world over {num_clips:,} world clips (cross-entropy plus {kl_weight} x KL to "
            f"the teacher's top-8 log-probs); final training loss {loss:.2f}. Held-out "
            f"quality: eval/report.md (V2L {em['means']['v2l']:.3f} vs Base {em['means']['base']:.3f} exact match on "
            f"{em['num_items']:,} test questions, Blind {em['means']['blind']:.3f}).")

@@ -13,7 +13,9 @@ python -m video2lora.world.base_model --output_dir runs/base --minutes 35 --expo
 ```
 
 Training is resumable (`--resume`): every few minutes the model, the auxiliary heads, the optimizer, the scheduler
-and the RNG states are written atomically to `<output_dir>/last-checkpoint/` as safetensors plus JSON.
+and the RNG states are written atomically to `<output_dir>/last-checkpoint/` as safetensors plus JSON. Checkpoints
+are device-free: `--device cuda` trains on a GPU (clips are still rendered on the CPU) and a run may resume on
+either.
 """
 
 from __future__ import annotations
