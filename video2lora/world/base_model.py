@@ -369,8 +369,7 @@ def sample_turns(clip: Clip, rng: np.random.Generator, questions: int,
 
     Question types are drawn among those the clip has, uniformly except for `type_weights` (by default
     `_TYPE_WEIGHTS`: colour questions, which find an object by its shape, three times as often; order twice), so rare
-    types get their share. Turns that would
-    give each other away never share a sequence: a colour question and a shape question (DESIGN.md §8), the two
+    types get their share. Turns that would give each other away never share a sequence: a colour question and a shape question (DESIGN.md §8), the two
     colour-change questions, or any turn whose answer word is named by another turn's question ("which way does the
     red object move?" before "what colour is the circle?" in a one-object clip): a leaked answer can be copied from
     the text, and copying teaches nothing about the video. The caption states everything, so it only ever comes
@@ -407,7 +406,8 @@ def _names(question: str, answer: str) -> bool:
 # type that must find an object by its *shape* among several; that binding is the last skill to form (the teacher
 # answered questions that find an object by colour at 0.98 while those that find it by shape sat near 0.5). Order
 # questions come twice as often: only clips where something appears or disappears have them, they name two objects,
-# and they were the last type under 0.9 once binding had formed (0.885 on the test split).
+# and they were the last type under 0.9 once binding had formed (0.885 on the test split). Training overrides the
+# order weight with `--order_weight` (the shipped base's last cycle used 4).
 _TYPE_WEIGHTS = {"colour": 3.0, "order": 2.0}
 
 # Questions about every object at once (how many?) have nothing particular to look up: no binding target.
@@ -432,10 +432,13 @@ class Batch:
     binding_targets: torch.Tensor  # [Q, F * tokens] bool
 
     def to(self, device: torch.device | str) -> Batch:
-        moved = {name.name: getattr(self, name.name) for name in fields(self)}
-        moved = {name: {k: v.to(device) for k, v in value.items()} if isinstance(value, dict) else value.to(device)
-                 for name, value in moved.items()}
-        return Batch(**moved)
+        """The same batch with every tensor, token labels included, on `device`."""
+
+        def move(value):
+            return {name: tensor.to(device) for name, tensor in value.items()} if isinstance(value, dict) \
+                else value.to(device)
+
+        return Batch(**{field_.name: move(getattr(self, field_.name)) for field_ in fields(self)})
 
 
 def make_batch(clips: Sequence[Clip], encoder: PromptEncoder, rng: np.random.Generator, questions_per_clip: int,
