@@ -375,13 +375,14 @@ def sample_turns(clip: Clip, rng: np.random.Generator, questions: int,
     the text, and copying teaches nothing about the video. The caption states everything, so it only ever comes
     last.
     """
+    type_weights = type_weights or _TYPE_WEIGHTS
     by_type = defaultdict(list)
     for item in clip.qa:
         by_type[item.question_type].append(item)
     chosen: list[tuple[str, str]] = []
     while len(chosen) < questions and by_type:
         kinds = list(by_type)
-        weights = np.array([(type_weights or _TYPE_WEIGHTS).get(kind, 1.0) for kind in kinds])
+        weights = np.array([type_weights.get(kind, 1.0) for kind in kinds])
         kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
         items = by_type[kind]
         item = items.pop(int(rng.integers(len(items))))
@@ -837,6 +838,7 @@ def train_base(args: BaseTrainingArguments, resume: bool = False,
     encoder = PromptEncoder(processor, len(video), timestamps, duration)
     validation_seeds = split_seeds("validation", args.num_validation_clips)
     train_seeds = SPLIT_SEED_RANGES["train"]
+    type_weights = _TYPE_WEIGHTS | {"order": args.order_weight}
 
     deadline = started + 60 * args.minutes
     last_save = last_eval = time.monotonic()
@@ -859,7 +861,7 @@ def train_base(args: BaseTrainingArguments, resume: bool = False,
         seeds = rng.integers(train_seeds.start, train_seeds.stop, size=args.batch_clips)
         clips = [generate_clip(int(seed), **WORLD_OPTIONS) for seed in seeds]
         batch = make_batch(clips, encoder, rng, args.questions_per_clip, args.caption_probability, grid,
-                           _TYPE_WEIGHTS | {"order": args.order_weight}).to(device)
+                           type_weights).to(device)
         losses = training_losses(model, heads, batch, args, vision_only=step < args.vision_warmup_steps)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
