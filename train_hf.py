@@ -136,6 +136,10 @@ class DataArguments:
         "help": "Rows answered per video in one example; each video is encoded once for all of them."})
     kl_weight: float = field(default=0.0, metadata={
         "help": "Weight of the KL to the teacher's cached top-k log-probs (`teacher_logprobs`); 0 disables it."})
+    question_type_weights: str | None = field(default=None, metadata={
+        "help": "Loss weight per question type, e.g. `order=4,direction=2`: each answer token of such a row counts that "
+                "many times (matched against `metadata.question_type`, else `task_type`); other rows weigh 1. Rare, "
+                "hard types (the world's order questions are 3.5%% of rows) otherwise get little of the gradient."})
     frame_cache_dir: str | None = field(default=None, metadata={
         "help": "Where decoded frames are cached (default: the datasets cache). Shared by reruns and processes."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes decoding videos."})
@@ -147,6 +151,23 @@ class DataArguments:
             raise TrainingSetupError(f"--questions_per_video must be >= 1, got {self.questions_per_video}.")
         if self.kl_weight < 0:
             raise TrainingSetupError(f"--kl_weight must be >= 0, got {self.kl_weight}.")
+        self.type_weights = parse_question_type_weights(self.question_type_weights)
+
+
+def parse_question_type_weights(text: str | None) -> dict[str, float]:
+    """`"order=4,direction=2"` -> `{"order": 4.0, "direction": 2.0}`; `None` or `""` -> `{}`."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not name.strip() or not math.isfinite(weight) or weight <= 0:
+            raise TrainingSetupError(f"--question_type_weights: {item!r} is not TYPE=WEIGHT with a positive WEIGHT "
+                                     "(e.g. order=4,direction=2).")
+        weights[name.strip()] = weight
+    return weights
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------
@@ -221,10 +242,13 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
         keys: `(video path, span)` per table row.
         questions_per_video: rows per example.
         seed: fixes which rows of a video share an example.
+        type_weights: loss weight per question type (`metadata.question_type`, else `task_type`); default 1.
     """
 
-    def __init__(self, rows: list[dict], frames: datasets.Dataset, keys: list, questions_per_video: int, seed: int):
+    def __init__(self, rows: list[dict], frames: datasets.Dataset, keys: list, questions_per_video: int, seed: int,
+                 type_weights: dict[str, float] | None = None):
         self.frames = frames
+        self.type_weights = type_weights or {}
         index_of_key = {key: i for i, key in enumerate(keys)}
         by_video: dict[int, list[dict]] = {}
         for row in rows:
@@ -246,7 +270,11 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
         frames = np.frombuffer(record["frames"], dtype=np.uint8).reshape(record["shape"])
         return {"frames": frames, "timestamps": record["timestamps"], "duration": record["duration"],
                 "questions": [{"prompt": row["prompt"], "target": row["target_text"],
-                               "teacher": row.get("teacher_logprobs")} for row in rows]}
+                               "teacher": row.get("teacher_logprobs"), "weight": self._weight(row)} for row in rows]}
+
+    def _weight(self, row: dict) -> float:
+        question_type = (row.get("metadata") or {}).get("question_type")
+        return self.type_weights.get(question_type, self.type_weights.get(row["task_type"], 1.0))
 
 
 def build_dataset(manifest: str, data_args: DataArguments, *, num_frames: int, frame_size: int, seed: int,
@@ -272,7 +300,7 @@ def build_dataset(manifest: str, data_args: DataArguments, *, num_frames: int, f
     rows = [row for row in report.rows if _video_key(row) in good]
     if not rows:
         raise TrainingSetupError(f"{manifest}: none of its {len(keys)} videos could be decoded; see the warnings above.")
-    dataset = VideoQuestionDataset(rows, frames, keys, data_args.questions_per_video, seed)
+    dataset = VideoQuestionDataset(rows, frames, keys, data_args.questions_per_video, seed, data_args.type_weights)
     logger.info(f"{manifest}: {len(rows)} rows over {len(good)} videos -> {len(dataset)} examples "
                 f"({len(report.bad_rows)} bad rows, {len(errors)} unreadable videos).")
     return dataset
@@ -288,7 +316,7 @@ class Video2LoRACollator:
     trained on exactly those tokens (ending with the teacher's end-of-answer token when it stopped by itself); any
     other target is tokenized and followed by the end-of-utterance token, so the student learns where to stop. With
     `with_teacher`, the former rows also get the teacher's top-k distribution at each answer position (`teacher_mask`
-    marks them).
+    marks them). Questions that carry a `weight` (see `--question_type_weights`) add `answer_weights`, one per row.
 
     Args:
         processor: the base's `Video2LoRAProcessor`.
@@ -324,9 +352,10 @@ class Video2LoRACollator:
             [f["frames"] for f in features], self.instruction, timestamps=[f["timestamps"] for f in features],
             durations=[f["duration"] for f in features],
         )
-        rows, prompt_lengths, index, teachers = [], [], [], []
+        rows, prompt_lengths, index, teachers, weights = [], [], [], [], []
         for video, feature in enumerate(features):
             for question in feature["questions"]:
+                weights.append(question.get("weight"))
                 teacher = question.get("teacher")
                 ids, prompt_length, teacher_tokens = self._student_row(question["prompt"], question["target"],
                                                                        teacher)
@@ -349,6 +378,8 @@ class Video2LoRACollator:
             "pixel_values": context["pixel_values"], "pixel_attention_mask": context["pixel_attention_mask"],
             "adapter_index": torch.tensor(index, dtype=torch.long),
         }
+        if any(weight not in (None, 1.0) for weight in weights):
+            batch["answer_weights"] = torch.tensor([1.0 if w is None else w for w in weights])
         if self.with_teacher:
             batch.update(self._teacher_tensors(rows, prompt_lengths, teachers, length))
         return batch
@@ -412,10 +443,12 @@ class Video2LoRATrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         teacher = {key: inputs.pop(key) for key in TEACHER_KEYS if key in inputs}
+        answer_weights = inputs.pop("answer_weights", None)
         vlm = self.accelerator.unwrap_model(model).vlm
         inputs["pixel_values"] = inputs["pixel_values"].to(vlm.dtype)
         outputs = model(**inputs)
-        loss_sum, num_tokens = answer_loss_sum(outputs.logits, labels, **teacher, kl_weight=self.kl_weight)
+        loss_sum, num_tokens = answer_loss_sum(outputs.logits, labels, **teacher, kl_weight=self.kl_weight,
+                                               answer_weights=answer_weights)
         if num_items_in_batch is None:
             loss = loss_sum / num_tokens.clamp(min=1)
         else:
@@ -440,7 +473,8 @@ class Video2LoRATrainer(Trainer):
 
 def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, teacher_top_ids: torch.Tensor | None = None,
                     teacher_top_logprobs: torch.Tensor | None = None, teacher_mask: torch.Tensor | None = None,
-                    kl_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                    kl_weight: float = 0.0, answer_weights: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Summed next-token loss over the labelled positions, and their count.
 
@@ -450,6 +484,8 @@ def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, teacher_top_ids:
         teacher_top_ids / teacher_top_logprobs: `[B, S, k]` teacher top-k at each labelled position (padding -inf).
         teacher_mask: `[B, S]` positions that have a teacher distribution.
         kl_weight: weight of `KL(teacher || student)` over the teacher's top-k (renormalized), summed per token.
+        answer_weights: `[B]` multiplier of every token's loss in each row. The count stays unweighted, so weighting
+            some rows up raises their share of the gradient without shrinking the others'.
 
     Returns:
         `(loss_sum, num_tokens)`.
@@ -458,7 +494,11 @@ def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, teacher_top_ids:
     shifted_labels = labels[:, 1:]
     selected = shifted_labels != -100
     logits = logits[:, :-1][selected].float()  # only answer positions: never a full [B, S, V] float copy
-    loss_sum = F.cross_entropy(logits, shifted_labels[selected], reduction="sum")
+    token_weights = None  # [T] per selected position
+    if answer_weights is not None:
+        token_weights = answer_weights.to(logits)[:, None].expand_as(shifted_labels)[selected]
+    token_losses = F.cross_entropy(logits, shifted_labels[selected], reduction="none")  # [T]
+    loss_sum = (token_losses * token_weights).sum() if token_weights is not None else token_losses.sum()
     if kl_weight > 0 and teacher_mask is not None:
         has_teacher = teacher_mask[:, 1:][selected]
         if has_teacher.any():
@@ -468,6 +508,8 @@ def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, teacher_top_ids:
             probabilities = target.exp()
             # Padded top-k slots have probability 0; where() keeps 0 * (-inf) from turning into NaN.
             terms = torch.where(probabilities > 0, probabilities * (target - student.gather(-1, ids)), 0.0)
+            if token_weights is not None:
+                terms = terms * token_weights[has_teacher, None]
             loss_sum = loss_sum + kl_weight * terms.sum()
     return loss_sum, selected.sum()
 

@@ -185,6 +185,51 @@ def test_kl_term_uses_only_positions_with_teacher_distributions():
     assert with_kl > ce and torch.isfinite(with_kl)
 
 
+def test_answer_weights_scale_each_rows_tokens_but_not_the_count():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 5, -100, -100]])
+    top_ids = torch.randint(0, 11, (2, 5, 3))
+    top_logprobs = torch.tensor([-0.1, -2.0, -3.0]).expand(2, 5, 3).clone()
+    mask = labels != -100
+    row_only = torch.tensor([[1], [0]]).bool()  # [B, 1]
+
+    def loss(keep_rows=None, **kwargs):
+        kept = labels.masked_fill(~keep_rows, -100) if keep_rows is not None else labels
+        return train_hf.answer_loss_sum(logits, kept, top_ids, top_logprobs, mask, kl_weight=0.5, **kwargs)
+
+    plain, count = loss()
+    ones, ones_count = loss(answer_weights=torch.ones(2))
+    assert ones == pytest.approx(plain.item()) and ones_count == count == 5
+    first, second = loss(row_only)[0], loss(~row_only)[0]
+    weighted, weighted_count = loss(answer_weights=torch.tensor([3.0, 1.0]))
+    assert weighted == pytest.approx(3 * first.item() + second.item(), rel=1e-5)
+    assert weighted_count == 5  # the normalizer stays the plain token count
+
+
+def test_question_type_weights_reach_the_batch(small_trainer, workspace, tmp_path):
+    trainer, dataset, collator = small_trainer
+    assert "answer_weights" not in collator([dataset[0], dataset[1]])  # no weights asked: the batch is unchanged
+    question_type = dataset.examples[0][1][0]["metadata"]["question_type"]
+    data_args = train_hf.DataArguments(train_manifest=str(workspace["manifest"]), questions_per_video=1,
+                                       frame_cache_dir=str(workspace["root"] / "frames"),
+                                       question_type_weights=f"{question_type}=4,qa=2")
+    weighted = train_hf.build_dataset(str(workspace["manifest"]), data_args, num_frames=4, frame_size=64, seed=0,
+                                      max_videos=None, training_args=trainer.args)
+    batch = collator([weighted[i] for i in range(len(weighted))])
+    # The question type wins over the task type; every other QA row gets the task type's weight.
+    expected = [4.0 if row["metadata"]["question_type"] == question_type else 2.0 for _, (row,) in weighted.examples]
+    assert batch["answer_weights"].tolist() == expected and 4.0 in expected
+
+
+@pytest.mark.parametrize("text", ["order", "order=0", "order=-1", "=2", "order=x", "order=nan"])
+def test_bad_question_type_weights_fail_clearly(text):
+    with pytest.raises(train_hf.TrainingSetupError, match="TYPE=WEIGHT"):
+        train_hf.parse_question_type_weights(text)
+    assert train_hf.parse_question_type_weights(" order=4, direction=1.5 ") == {"order": 4.0, "direction": 1.5}
+    assert train_hf.parse_question_type_weights(None) == {}
+
+
 def test_prepare_hub_folder_writes_exactly_the_upload(workspace, tmp_path):
     model = Video2LoRAModel.from_base(str(workspace["base"]), **TINY_HYPERNETWORK)
     folder = train_hf.prepare_hub_folder(model, tmp_path / "hub", repo_id="me/v2l-tiny",
