@@ -22,9 +22,9 @@ if [ -z "${SKIP_BASE:-}" ]; then
 fi
 
 # 2. World clips on disk, as a user's data would be: MP4 files plus DESIGN.md §5 manifests.
-[ -f "$DATA/train.jsonl" ] || python -m video2lora.world --out "$DATA" --split train --num-clips "${TRAIN_CLIPS:-9000}" \
+[ -f "$DATA/train.jsonl" ] || python -m video2lora.world --out "$DATA" --split train --num-clips "${TRAIN_CLIPS:-18000}" \
   --no-progress
-[ -f "$DATA/test.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 150 --no-progress
+[ -f "$DATA/test.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 400 --no-progress
 [ -f "$DATA/test_two_segment.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 60 \
   --two-segment --no-progress
 
@@ -39,7 +39,8 @@ OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" -m video2lora.teacher --mod
 #    cross-entropy on the teacher's answers plus KL to its top-8. The context carries its token positions
 #    (--use_context_positions): cross-attention alone cannot tell the first frame from the last. INIT_FROM=<a
 #    Video2LoRA folder> continues that hypernetwork instead of starting from scratch, e.g. after the base was trained
-#    further; positions are added to it if it had none (a no-op until they train).
+#    further; positions are added to it if it had none (a no-op until they train). Order questions are 3.6% of the
+#    rows and the hardest to internalize (which event came first), so their tokens count 4x (QUESTION_TYPE_WEIGHTS).
 resume=(); ls -d "$RUNS/video2lora"/checkpoint-* >/dev/null 2>&1 && resume=(--resume_from_checkpoint last)
 if [ -n "${INIT_FROM:-}" ]; then
   model=(--init_from "$INIT_FROM" --use_context_positions true)
@@ -49,9 +50,11 @@ else
 fi
 OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" train_hf.py "${model[@]}" --base_model_reference ../smolvlm-world \
   --train_manifest "$DATA/train_teacher.jsonl" --data_root "$DATA" --output_dir "$RUNS/video2lora" \
-  --num_frames 4 --frame_size 64 --questions_per_video 16 --per_device_train_batch_size $((8 / NPROC)) \
-  --kl_weight "${KL_WEIGHT:-1.0}" --max_steps "${MAX_STEPS:-3000}" --learning_rate "${LEARNING_RATE:-1e-3}" \
-  --logging_steps 25 --save_strategy steps --save_steps 200 --save_total_limit 2 --report_to none "${resume[@]}"
+  --preprocessing_num_workers "$NPROC" --num_frames 4 --frame_size 64 --questions_per_video 16 \
+  --per_device_train_batch_size $((8 / NPROC)) --kl_weight "${KL_WEIGHT:-1.0}" \
+  --question_type_weights "${QUESTION_TYPE_WEIGHTS-order=4}" --max_steps "${MAX_STEPS:-3000}" \
+  --learning_rate "${LEARNING_RATE:-1e-3}" --logging_steps 25 --save_strategy steps --save_steps 200 \
+  --save_total_limit 2 --report_to none "${resume[@]}"
 
 # 5. Ship the final hypernetwork beside its base (weights, config, processor files, custom code; no pickles).
 mkdir -p "$V2L"
