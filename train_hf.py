@@ -44,7 +44,7 @@ from transformers.utils import logging as hf_logging
 from modeling_video2lora import Video2LoRAModel
 from processing_video2lora import Video2LoRAProcessor
 from video2lora.cards import render_card
-from video2lora.data import ManifestError, read_manifest
+from video2lora.data import ManifestError, question_type, read_manifest
 from video2lora.video import VideoDecodeError, read_video
 
 logger = hf_logging.get_logger(__name__)
@@ -137,9 +137,10 @@ class DataArguments:
     kl_weight: float = field(default=0.0, metadata={
         "help": "Weight of the KL to the teacher's cached top-k log-probs (`teacher_logprobs`); 0 disables it."})
     question_type_weights: str | None = field(default=None, metadata={
-        "help": "Loss weight per question type, e.g. `order=4,direction=2`: each answer token of such a row counts that "
-                "many times (matched against `metadata.question_type`, else `task_type`); other rows weigh 1. Rare, "
-                "hard types (the world's order questions are 3.6%% of rows) otherwise get little of the gradient."})
+        "help": "Loss weight per question type, e.g. `order=4,direction=2`: each answer token of such a row counts "
+                "that many times (matched against `metadata.question_type`, else `task_type`); other rows weigh 1. "
+                "Rare, hard types (the world's order questions are 3.6%% of rows) otherwise get little of the "
+                "gradient."})
     frame_cache_dir: str | None = field(default=None, metadata={
         "help": "Where decoded frames are cached (default: the datasets cache). Shared by reruns and processes."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes decoding videos."})
@@ -273,8 +274,7 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
                                "teacher": row.get("teacher_logprobs"), "weight": self._weight(row)} for row in rows]}
 
     def _weight(self, row: dict) -> float:
-        question_type = (row.get("metadata") or {}).get("question_type")
-        return self.type_weights.get(question_type, self.type_weights.get(row["task_type"], 1.0))
+        return self.type_weights.get(question_type(row), self.type_weights.get(row["task_type"], 1.0))
 
 
 def build_dataset(manifest: str, data_args: DataArguments, *, num_frames: int, frame_size: int, seed: int,
@@ -300,7 +300,8 @@ def build_dataset(manifest: str, data_args: DataArguments, *, num_frames: int, f
     rows = [row for row in report.rows if _video_key(row) in good]
     if not rows:
         raise TrainingSetupError(f"{manifest}: none of its {len(keys)} videos could be decoded; see the warnings above.")
-    dataset = VideoQuestionDataset(rows, frames, keys, data_args.questions_per_video, seed, data_args.type_weights)
+    dataset = VideoQuestionDataset(rows, frames, keys, data_args.questions_per_video, seed,
+                                   type_weights=data_args.type_weights)
     logger.info(f"{manifest}: {len(rows)} rows over {len(good)} videos -> {len(dataset)} examples "
                 f"({len(report.bad_rows)} bad rows, {len(errors)} unreadable videos).")
     return dataset

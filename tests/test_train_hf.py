@@ -207,7 +207,7 @@ def test_answer_weights_scale_each_rows_tokens_but_not_the_count():
     assert weighted_count == 5  # the normalizer stays the plain token count
 
 
-def test_question_type_weights_reach_the_batch(small_trainer, workspace, tmp_path):
+def test_question_type_weights_reach_the_batch(small_trainer, workspace):
     trainer, dataset, collator = small_trainer
     assert "answer_weights" not in collator([dataset[0], dataset[1]])  # no weights asked: the batch is unchanged
     question_type = dataset.examples[0][1][0]["metadata"]["question_type"]

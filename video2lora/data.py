@@ -40,6 +40,7 @@ __all__ = [
     "ManifestError",
     "ManifestReport",
     "load_manifest_dataset",
+    "question_type",
     "read_manifest",
     "resolve_data_root",
     "write_manifest",
@@ -112,6 +113,13 @@ def resolve_data_root(data_root: str | os.PathLike | None, manifest_path: str | 
     else:
         root = Path(manifest_path).parent
     return Path(os.path.abspath(root.expanduser()))
+
+
+def question_type(row: dict) -> str | None:
+    """A row's `metadata.question_type` when it names a sub-type of its `task_type` (`order` in `qa`), else `None`."""
+    kind = (row.get("metadata") or {}).get("question_type")
+    # The world labels caption rows "caption/caption": a sub-type identical to its task adds nothing.
+    return None if kind in (None, row["task_type"]) else str(kind)
 
 
 def _is_number(value: Any) -> bool:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from modeling_video2lora import AdapterMismatchError, Video2LoRAAdapter, Video2LoRAModel
 
+from .data import question_type
 from .evaluation import exact_match, judge_prompt, parse_judge_score, token_f1
 from .video import SampledVideo, read_video
 
@@ -225,12 +226,6 @@ class Judge:
 SYSTEM_ORDER = ("base", "v2l", "blind")
 
 
-def _question_type(row: Mapping[str, Any]) -> str | None:
-    question_type = (row.get("metadata") or {}).get("question_type")
-    # The world labels caption rows "caption/caption"; a sub-group identical to its task adds nothing to a report.
-    return None if question_type in (None, row["task_type"]) else str(question_type)
-
-
 def _scores(row: Mapping[str, Any], answer: str) -> dict[str, float]:
     reference = row["target_text"]
     scores = {"token_f1": token_f1(answer, reference)}
@@ -305,7 +300,7 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
                 "video_path": row["video_path"],
                 "span": list(span) if span else None,
                 "task_type": row["task_type"],
-                "question_type": _question_type(row),
+                "question_type": question_type(row),
                 "prompt": row["prompt"],
                 "reference": row["target_text"],
                 "answers": {system: answers[system][index] for system in SYSTEM_ORDER},

@@ -367,13 +367,13 @@ def sample_turns(clip: Clip, rng: np.random.Generator, questions: int,
                  caption_probability: float, type_weights: dict[str, float] | None = None) -> list[tuple[str, str]]:
     """Pick the `(prompt, answer)` turns of one clip's training sequence.
 
-    Question types are drawn among those the clip has, uniformly except for `type_weights` (by default
-    `_TYPE_WEIGHTS`: colour questions, which find an object by its shape, three times as often; order twice), so rare
-    types get their share. Turns that would give each other away never share a sequence: a colour question and a shape question (DESIGN.md §8), the two
-    colour-change questions, or any turn whose answer word is named by another turn's question ("which way does the
-    red object move?" before "what colour is the circle?" in a one-object clip): a leaked answer can be copied from
-    the text, and copying teaches nothing about the video. The caption states everything, so it only ever comes
-    last.
+    Question types are drawn among those the clip has, uniformly except for `type_weights` (by default `_TYPE_WEIGHTS`:
+    colour questions, which find an object by its shape, three times as often; order twice), so rare types get their
+    share. Turns that would give each other away never share a sequence: a colour question and a shape question
+    (DESIGN.md §8), the two colour-change questions, or any turn whose answer word is named by another turn's question
+    ("which way does the red object move?" before "what colour is the circle?" in a one-object clip): a leaked answer
+    can be copied from the text, and copying teaches nothing about the video. The caption states everything, so it only
+    ever comes last.
     """
     type_weights = type_weights or _TYPE_WEIGHTS
     by_type = defaultdict(list)
