@@ -22,8 +22,15 @@ if [ -z "${SKIP_BASE:-}" ]; then
 fi
 
 # 2. World clips on disk, as a user's data would be: MP4 files plus DESIGN.md §5 manifests.
-[ -f "$DATA/train.jsonl" ] || python -m video2lora.world --out "$DATA" --split train --num-clips "${TRAIN_CLIPS:-18000}" \
+#    Order questions ("what appears first, ...?") are asked of a third of the clips and are the hardest type to
+#    internalize, so ORDER_CLIPS more training clips come from the seeds that follow, keeping only clips asked one.
+TRAIN_CLIPS=${TRAIN_CLIPS:-18000}
+[ -f "$DATA/train.jsonl" ] || python -m video2lora.world --out "$DATA" --split train --num-clips "$TRAIN_CLIPS" \
   --no-progress
+[ -f "$DATA/train_order.jsonl" ] || python -m video2lora.world --out "$DATA" --split train \
+  --num-clips "${ORDER_CLIPS:-9000}" --seed-offset "$TRAIN_CLIPS" --require-question-type order \
+  --manifest-name train_order.jsonl --no-progress
+cat "$DATA/train.jsonl" "$DATA/train_order.jsonl" > "$DATA/train_all.jsonl"
 [ -f "$DATA/test.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 400 --no-progress
 [ -f "$DATA/test_two_segment.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 60 \
   --two-segment --no-progress
@@ -32,8 +39,9 @@ fi
 #    token for the KL term of step 4.
 # One single-threaded process per core: tiny models spend more time in thread hand-offs than in matmuls.
 NPROC=${NPROC:-$(nproc)}
-OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" -m video2lora.teacher --model "$BASE" --manifest "$DATA/train.jsonl" \
-  --output "$DATA/train_teacher.jsonl" --num_frames 4 --frame_size 64 --batch_size 64 --top_k_logprobs 8
+OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" -m video2lora.teacher --model "$BASE" \
+  --manifest "$DATA/train_all.jsonl" --output "$DATA/train_teacher.jsonl" --num_frames 4 --frame_size 64 \
+  --batch_size 64 --top_k_logprobs 8
 
 # 4. The hypernetwork (DESIGN.md §8: 16 latents of width 128, 2 blocks, rank 8, per-layer heads), 8 videos a step,
 #    cross-entropy on the teacher's answers plus KL to its top-8. The context carries its token positions

@@ -436,6 +436,34 @@ def test_write_world_writes_decodable_videos_and_a_valid_manifest(tmp_path):
         assert float(container.streams.video[0].average_rate) == pytest.approx(4.0)
 
 
+def test_write_world_can_keep_only_clips_with_a_question_type(tmp_path, capsys):
+    # Seeds are scanned in order: every clip kept has an order question, every seed skipped in between has none.
+    world_main(["--out", str(tmp_path), "--split", "train", "--num-clips", "3", "--seed-offset", "10",
+                "--require-question-type", "order", "--manifest-name", "order.jsonl", "--no-progress"])
+    report = read_manifest(tmp_path / "order.jsonl", check_files=True)
+    assert not report.bad_rows
+    kept = sorted({row["metadata"]["seed"] for row in report.rows})
+    assert len(kept) == 3 and kept[0] >= 10
+    has_order = {seed: "order" in {item.question_type for item in generate_clip(seed).qa} for seed in range(10, kept[-1] + 1)}
+    assert kept == [seed for seed, asked in has_order.items() if asked]
+    assert len(has_order) > len(kept)  # the filter really skipped seeds (a third of clips have order questions)
+    assert sorted(path.name for path in (tmp_path / "videos/train").iterdir()) == [f"train-{seed:07d}.mp4" for seed in kept]
+    # Every row of a kept clip is written, not only its order questions.
+    assert {row["metadata"]["question_type"] for row in report.rows} > {"order", "caption"}
+
+    with pytest.raises(ValueError, match="unknown question type 'when'"):
+        write_world(tmp_path, split="train", num_clips=1, require_question_type="when", progress=False)
+    # The last four train seeds hold two clips with order questions (999,998 and 999,999), not three: one line, exit 2.
+    with pytest.raises(SystemExit) as exit_info:
+        world_main(["--out", str(tmp_path / "end"), "--split", "train", "--num-clips", "3", "--seed-offset", "999996",
+                    "--require-question-type", "order", "--no-progress"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "only 2 clips of split 'train' from offset 999996 on have a question of type 'order'" in error
+    assert "Traceback" not in error
+    assert len(read_manifest(tmp_path / "end" / "train.jsonl", check_files=True).rows) > 2  # the two found are kept
+
+
 def test_two_segment_clip_halves_and_rows(tmp_path):
     clip = generate_two_segment_clip(7)
     assert clip.num_steps == 8 and clip.frames.shape == (16, 64, 64, 3)

@@ -3,6 +3,8 @@
 ```bash
 python -m video2lora.world --out data/world --split train --num-clips 100
 python -m video2lora.world --out data/world --split test --num-clips 50 --two-segment --num-steps 8
+python -m video2lora.world --out data/world --split train --num-clips 100 --seed-offset 100 --require-question-type order \\
+    --manifest-name train_order.jsonl
 ```
 """
 
@@ -12,6 +14,7 @@ import argparse
 from collections.abc import Sequence
 
 from .export import write_world
+from .language import QUESTION_TYPES
 from .splits import SPLIT_SEED_RANGES
 
 
@@ -34,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-events", type=int, default=1, help="most appear/disappear/colour-change events")
     parser.add_argument("--codec", default=None, help="video encoder (default libx264)")
     parser.add_argument("--manifest-name", default=None, help="manifest file name inside OUT")
+    parser.add_argument(
+        "--require-question-type",
+        choices=QUESTION_TYPES,
+        default=None,
+        help="keep only clips with a question of this type, scanning seeds until --num-clips are kept",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -42,23 +51,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     # Only forward --max-objects when given, so each generator keeps its own default.
     options = {} if args.max_objects is None else {"max_objects": args.max_objects}
-    manifest = write_world(
-        args.out,
-        split=args.split,
-        num_clips=args.num_clips,
-        two_segment=args.two_segment,
-        seed_offset=args.seed_offset,
-        codec=args.codec,
-        manifest_name=args.manifest_name,
-        progress=not args.no_progress,
-        num_steps=args.num_steps,
-        frames_per_step=args.frames_per_step,
-        size=args.size,
-        fps=args.fps,
-        radius=args.radius,
-        max_events=args.max_events,
-        **options,
-    )
+    try:
+        manifest = write_world(
+            args.out,
+            split=args.split,
+            num_clips=args.num_clips,
+            two_segment=args.two_segment,
+            seed_offset=args.seed_offset,
+            codec=args.codec,
+            manifest_name=args.manifest_name,
+            progress=not args.no_progress,
+            require_question_type=args.require_question_type,
+            num_steps=args.num_steps,
+            frames_per_step=args.frames_per_step,
+            size=args.size,
+            fps=args.fps,
+            radius=args.radius,
+            max_events=args.max_events,
+            **options,
+        )
+    except ValueError as error:  # a request the split cannot meet: one line, exit code 2
+        build_parser().error(str(error))
     print(manifest)
 
 

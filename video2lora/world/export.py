@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from ..data import write_manifest
 from ..video import write_video
 from .clip import Clip, generate_clip, generate_two_segment_clip
-from .language import CAPTION_PROMPT, QAItem
-from .splits import split_seeds
+from .language import CAPTION_PROMPT, QUESTION_TYPES, QAItem
+from .splits import SPLIT_SEED_RANGES, split_seeds
 
 __all__ = ["DATASET_NAME", "clip_rows", "write_world"]
 
@@ -112,6 +112,7 @@ def write_world(
     codec: str | None = None,
     manifest_name: str | None = None,
     progress: bool = True,
+    require_question_type: str | None = None,
     **clip_options: Any,
 ) -> Path:
     """Generate clips of a split, write each as an MP4 and all their rows as one manifest.
@@ -128,6 +129,10 @@ def write_world(
         manifest_name (`str`, *optional*): File name of the manifest inside `out_dir`; defaults to `<split>.jsonl`,
             or `<split>_two_segment.jsonl` for two-segment clips so that both kinds can share a data root.
         progress (`bool`, *optional*, defaults to `True`): Show a progress bar.
+        require_question_type (`str`, *optional*): Keep only clips asked at least one question of this type (one of
+            [`QUESTION_TYPES`]), to add training data for a rare type: `order` is asked of about a third of the
+            clips. Seeds are then scanned in order from `seed_offset` until `num_clips` clips are kept; the others
+            are not written.
         clip_options: Forwarded to [`generate_clip`] or [`generate_two_segment_clip`] (`num_steps`,
             `frames_per_step`, `size`, `fps`, ...).
 
@@ -135,18 +140,40 @@ def write_world(
         `Path`: The manifest written.
     """
     out_dir = Path(out_dir)
+    if require_question_type is not None and require_question_type not in QUESTION_TYPES:
+        raise ValueError(f"unknown question type {require_question_type!r}; use one of {', '.join(QUESTION_TYPES)}")
+    # Without a filter every seed is kept; with one, the scan may run on to the end of the split's range.
     seeds = split_seeds(split, num_clips, offset=seed_offset)
+    if require_question_type is not None:
+        seeds = SPLIT_SEED_RANGES[split][seed_offset:]
     generate = generate_two_segment_clip if two_segment else generate_clip
     kind = f"{split}-two-segment" if two_segment else split
     if manifest_name is None:
         manifest_name = f"{split}_two_segment.jsonl" if two_segment else f"{split}.jsonl"
 
     rows: list[dict[str, Any]] = []
-    for seed in tqdm(seeds, desc=f"world {kind}", unit="clip", disable=not progress):
-        clip = generate(seed, **clip_options)
-        relative_path = f"videos/{split}/{kind}-{seed:07d}.mp4"
-        write_video(out_dir / relative_path, clip.frames, fps=clip.fps, codec=codec)
-        rows.extend(clip_rows(clip, relative_path, split))
+    kept = 0
+    with tqdm(total=num_clips, desc=f"world {kind}", unit="clip", disable=not progress) as bar:
+        for seed in seeds:
+            if kept == num_clips:
+                break
+            clip = generate(seed, **clip_options)
+            relative_path = f"videos/{split}/{kind}-{seed:07d}.mp4"
+            clip_manifest_rows = clip_rows(clip, relative_path, split)
+            if require_question_type is not None and not any(
+                row["metadata"]["question_type"] == require_question_type for row in clip_manifest_rows
+            ):
+                continue
+            write_video(out_dir / relative_path, clip.frames, fps=clip.fps, codec=codec)
+            rows.extend(clip_manifest_rows)
+            kept += 1
+            bar.update()
     manifest_path = out_dir / manifest_name
     write_manifest(manifest_path, rows)
+    if kept < num_clips:
+        # The clips found are kept (their manifest is written); the request itself cannot be met.
+        raise ValueError(
+            f"only {kept} clips of split {split!r} from offset {seed_offset} on have a question of type "
+            f"{require_question_type!r} ({manifest_path} lists them); ask for fewer clips or a smaller --seed-offset"
+        )
     return manifest_path
