@@ -139,7 +139,7 @@ class DataArguments:
     question_type_weights: str | None = field(default=None, metadata={
         "help": "Loss weight per question type, e.g. `order=4,direction=2`: each answer token of such a row counts "
                 "that many times (matched against `metadata.question_type`, else `task_type`); other rows weigh 1. "
-                "Rare, hard types (the world's order questions are 3.6%% of rows) otherwise get little of the "
+                "Rare, hard types (order questions are 3.6%% of a plain world sample's rows) otherwise get little of the "
                 "gradient."})
     frame_cache_dir: str | None = field(default=None, metadata={
         "help": "Where decoded frames are cached (default: the datasets cache). Shared by reruns and processes."})
