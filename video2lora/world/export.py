@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..data import write_manifest
+from ..data import question_type, write_manifest
 from ..video import write_video
 from .clip import Clip, generate_clip, generate_two_segment_clip
 from .language import CAPTION_PROMPT, QUESTION_TYPES, QAItem
@@ -160,9 +160,8 @@ def write_world(
             clip = generate(seed, **clip_options)
             relative_path = f"videos/{split}/{kind}-{seed:07d}.mp4"
             clip_manifest_rows = clip_rows(clip, relative_path, split)
-            if require_question_type is not None and not any(
-                row["metadata"]["question_type"] == require_question_type for row in clip_manifest_rows
-            ):
+            asked = {question_type(row) for row in clip_manifest_rows}
+            if require_question_type is not None and require_question_type not in asked:
                 continue
             write_video(out_dir / relative_path, clip.frames, fps=clip.fps, codec=codec)
             rows.extend(clip_manifest_rows)
