@@ -35,7 +35,6 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-import torch.nn.functional as F
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -45,7 +44,7 @@ from modeling_video2lora import Video2LoRAModel
 from processing_video2lora import Video2LoRAProcessor
 from video2lora.cards import render_card
 from video2lora.data import ManifestError, question_type, read_manifest
-from video2lora.video import VideoDecodeError, read_video
+from video2lora.video import VideoDecodeError, sample_video
 
 logger = hf_logging.get_logger(__name__)
 
@@ -68,7 +67,6 @@ HYPERNETWORK_FIELDS = ("lora_r", "lora_scale", "target_modules", "use_bias_block
                        "instruction")
 # Settings that `--init_from` may turn on: their new weights start as a no-op, so the checkpoint's function is kept.
 GROWABLE_FIELDS = ("use_context_positions",)
-TEACHER_KEYS = ("teacher_top_ids", "teacher_top_logprobs", "teacher_mask")
 
 
 class TrainingSetupError(ValueError):
@@ -129,13 +127,13 @@ class DataArguments:
     data_root: str | None = field(default=None, metadata={
         "help": "Root of relative video paths (default: each manifest's folder, or $VIDEO2LORA_DATA_ROOT)."})
     num_frames: int | None = field(default=None, metadata={
-        "help": "Frames sampled per video (default: the config's, 12); stored in the checkpoint's config."})
-    frame_size: int | None = field(default=None, metadata={
-        "help": "Longest frame edge in pixels (default: the config's, 384); stored in the checkpoint's config."})
+        "help": "Most frames sampled per video (the processor's video_sampling max_frames; default: the base's or "
+                "the checkpoint's); saved with the checkpoint's processor. Resolution is always the base's."})
     questions_per_video: int = field(default=8, metadata={
         "help": "Rows answered per video in one example; each video is encoded once for all of them."})
     kl_weight: float = field(default=0.0, metadata={
-        "help": "Weight of the KL to the teacher's cached top-k log-probs (`teacher_logprobs`); 0 disables it."})
+        "help": "Weight of the KL to the teacher's cached top-k log-probs (`teacher_logprobs`); 0 disables it. "
+                "Stored as the config's `kl_weight`, which the model's loss reads."})
     question_type_weights: str | None = field(default=None, metadata={
         "help": "Loss weight per question type, e.g. `order=4,direction=2`: each answer token of such a row counts "
                 "that many times (matched against `metadata.question_type`, else `task_type`); other rows weigh 1. "
@@ -179,19 +177,19 @@ def _video_key(row: dict) -> tuple[str, tuple[float, float] | None]:
     return row["video_path"], (float(span[0]), float(span[1])) if span else None
 
 
-def _frame_cache_file(keys: list, num_frames: int, frame_size: int, cache_dir: str | None) -> str:
+def _frame_cache_file(keys: list, sampling: dict, cache_dir: str | None) -> str:
     """A cache file named by everything the decoded frames depend on, files' sizes and times included."""
     stats = []
     for path, span in keys:
         stat = os.stat(path) if os.path.exists(path) else None
         stats.append([path, span, stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
-    digest = hashlib.sha256(json.dumps([_FRAME_CACHE_VERSION, num_frames, frame_size, stats]).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([_FRAME_CACHE_VERSION, sampling, stats], sort_keys=True).encode()).hexdigest()
     directory = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "video2lora_frames"
     directory.mkdir(parents=True, exist_ok=True)
     return str(directory / f"frames-{digest[:20]}.arrow")
 
 
-def decode_videos(keys: list[tuple[str, tuple[float, float] | None]], *, num_frames: int, frame_size: int,
+def decode_videos(keys: list[tuple[str, tuple[float, float] | None]], *, sampling: dict[str, Any],
                   cache_dir: str | None = None, num_proc: int | None = None, desc: str = "decoding videos"
                   ) -> datasets.Dataset:
     """
@@ -199,7 +197,7 @@ def decode_videos(keys: list[tuple[str, tuple[float, float] | None]], *, num_fra
 
     Args:
         keys: `(absolute video path, span or None)` per video.
-        num_frames / frame_size: sampling, as in `video2lora.video.read_video`.
+        sampling: keyword arguments of `sample_video`, the one sampler (`Video2LoRAProcessor.sampling_kwargs()`).
         cache_dir: folder of the cache file; defaults to the datasets cache.
         num_proc: decoding processes.
 
@@ -215,8 +213,8 @@ def decode_videos(keys: list[tuple[str, tuple[float, float] | None]], *, num_fra
     def decode(example: dict) -> dict:
         span = example["span"]
         try:
-            video = read_video(example["video_path"], num_frames=num_frames, max_edge=frame_size,
-                               start=span[0] if span else None, end=span[1] if span else None)
+            video = sample_video(example["video_path"], start=span[0] if span else None,
+                                 end=span[1] if span else None, **sampling)
         except (VideoDecodeError, OSError, ValueError) as error:
             return {"frames": b"", "shape": [], "timestamps": [], "duration": 0.0, "error": str(error)}
         return {"frames": video.frames.tobytes(), "shape": list(video.frames.shape),
@@ -230,7 +228,7 @@ def decode_videos(keys: list[tuple[str, tuple[float, float] | None]], *, num_fra
         "error": datasets.Value("string"),
     })
     return table.map(decode, features=features, num_proc=num_proc, desc=desc, writer_batch_size=64,
-                     cache_file_name=_frame_cache_file(keys, num_frames, frame_size, cache_dir))
+                     cache_file_name=_frame_cache_file(keys, sampling, cache_dir))
 
 
 class VideoQuestionDataset(torch.utils.data.Dataset):
@@ -277,7 +275,7 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
         return self.type_weights.get(question_type(row), self.type_weights.get(row["task_type"], 1.0))
 
 
-def build_dataset(manifest: str, data_args: DataArguments, *, num_frames: int, frame_size: int, seed: int,
+def build_dataset(manifest: str, data_args: DataArguments, *, sampling: dict[str, Any], seed: int,
                   max_videos: int | None, training_args: TrainingArguments) -> VideoQuestionDataset:
     """Read a manifest (bad rows are logged and skipped), decode its videos once, group its rows by video."""
     report = read_manifest(manifest, data_root=data_args.data_root, strict=False, require_target=True)
@@ -290,8 +288,7 @@ def build_dataset(manifest: str, data_args: DataArguments, *, num_frames: int, f
         keys = keys[:max_videos]
     # The main process decodes and writes the cache; the others then read the same cache file.
     with training_args.main_process_first(desc=f"decoding the videos of {manifest}"):
-        frames = decode_videos(keys, num_frames=num_frames, frame_size=frame_size,
-                               cache_dir=data_args.frame_cache_dir, num_proc=data_args.preprocessing_num_workers,
+        frames = decode_videos(keys, sampling=sampling, cache_dir=data_args.frame_cache_dir, num_proc=data_args.preprocessing_num_workers,
                                desc=f"decoding {Path(manifest).name}")
     errors = [(key, error) for key, error in zip(keys, frames["error"], strict=True) if error]
     for (path, _), error in errors:
@@ -318,6 +315,10 @@ class Video2LoRACollator:
     other target is tokenized and followed by the end-of-utterance token, so the student learns where to stop. With
     `with_teacher`, the former rows also get the teacher's top-k distribution at each answer position (`teacher_mask`
     marks them). Questions that carry a `weight` (see `--question_type_weights`) add `answer_weights`, one per row.
+
+    Position 0 is always prompt, so never labelled: Trainer counts `labels != -100` unshifted for this model (it has
+    no causal-LM `loss_type`), and that count then equals the number of tokens the loss predicts (`labels[:, 1:]`),
+    so `num_items_in_batch` is exact.
 
     Args:
         processor: the base's `Video2LoRAProcessor`.
@@ -372,6 +373,7 @@ class Video2LoRACollator:
         for i, (ids, prompt_length) in enumerate(zip(rows, prompt_lengths, strict=True)):
             input_ids[i, :len(ids)] = torch.tensor(ids)
             attention_mask[i, :len(ids)] = 1
+            # prompt_length >= 1 (the chat header), so labels[:, 0] stays -100; see the class docstring.
             labels[i, prompt_length:len(ids)] = torch.tensor(ids[prompt_length:])
         batch = {
             "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
@@ -407,57 +409,28 @@ class Video2LoRACollator:
 
 class Video2LoRATrainer(Trainer):
     """
-    `Trainer` for the hypernetwork: token-level CE on the answers (plus an optional KL to the teacher's top-k),
-    normalized by the number of answer tokens in the whole accumulated batch, and an optimizer over the hypernetwork
-    only.
+    `Trainer` for the hypernetwork: an optimizer over the hypernetwork only, and a final save that names the base by
+    `base_model_reference`.
+
+    The loss is the model's own ([`modeling_video2lora.student_loss`], through `Video2LoRAModel.forward`), taken by
+    Trainer's default `compute_loss`. The model accepts `num_items_in_batch`, so Trainer counts the answer tokens
+    (`labels != -100`) of all micro-batches of an optimizer step, summed over processes with
+    `average_tokens_across_devices`, and the forward divides its summed loss by that count: accumulated gradients
+    equal those of one big batch. Trainer then uses the loss as scaled for accumulation, and with
+    `average_tokens_across_devices` multiplies it by the number of processes to undo DDP's mean of the gradients.
 
     Args:
-        kl_weight (`float`, *optional*, defaults to 0): weight of the KL term.
         base_model_reference (`str`, *optional*): how `save_model` (the final checkpoint) names the base.
     """
 
-    # `compute_loss` divides by `num_items_in_batch` itself, so Trainer must not divide by the accumulation steps again.
-    loss_is_scaled_for_ga = True
-
-    def __init__(self, *args, kl_weight: float = 0.0, base_model_reference: str | None = None, **kwargs):
+    def __init__(self, *args, base_model_reference: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.kl_weight = kl_weight
         self.base_model_reference = base_model_reference
-        # Trainer counts `num_items_in_batch` over `labels[:, 1:]` for shifted causal-LM losses, which is what this
-        # loss predicts; the prompt always fills position 0, so the count is the same either way.
-        self._loss_shifts_labels = True
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The default AdamW and weight-decay grouping, over the hypernetwork's parameters only."""
         hypernetwork = self.accelerator.unwrap_model(self.model).hypernetwork
         return super().create_optimizer(hypernetwork)
-
-    def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: torch.Tensor | int | None = None):
-        """
-        `sum over answer tokens of (CE + kl_weight * KL) / num_items_in_batch`.
-
-        Trainer passes `num_items_in_batch`, the answer-token count of all micro-batches of one optimizer step (and of
-        all processes, with `average_tokens_across_devices`), so accumulated gradients equal those of one big batch.
-        Without it (evaluation) the loss is the mean over this batch's answer tokens.
-        """
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        teacher = {key: inputs.pop(key) for key in TEACHER_KEYS if key in inputs}
-        answer_weights = inputs.pop("answer_weights", None)
-        vlm = self.accelerator.unwrap_model(model).vlm
-        inputs["pixel_values"] = inputs["pixel_values"].to(vlm.dtype)
-        outputs = model(**inputs)
-        loss_sum, num_tokens = answer_loss_sum(outputs.logits, labels, **teacher, kl_weight=self.kl_weight,
-                                               answer_weights=answer_weights)
-        if num_items_in_batch is None:
-            loss = loss_sum / num_tokens.clamp(min=1)
-        else:
-            loss = loss_sum / num_items_in_batch
-            if self.args.average_tokens_across_devices:
-                # The count covers every process, while DDP averages the processes' gradients: undo that mean.
-                loss = loss * self.accelerator.num_processes
-        return (loss, outputs) if return_outputs else loss
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the hypernetwork; the final (non-internal) save names the base by `base_model_reference`."""
@@ -472,75 +445,32 @@ class Video2LoRATrainer(Trainer):
             config.base_model_name_or_path = original
 
 
-def answer_loss_sum(logits: torch.Tensor, labels: torch.Tensor, teacher_top_ids: torch.Tensor | None = None,
-                    teacher_top_logprobs: torch.Tensor | None = None, teacher_mask: torch.Tensor | None = None,
-                    kl_weight: float = 0.0, answer_weights: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Summed next-token loss over the labelled positions, and their count.
-
-    Args:
-        logits: `[B, S, V]` student logits.
-        labels: `[B, S]`, -100 where ignored.
-        teacher_top_ids / teacher_top_logprobs: `[B, S, k]` teacher top-k at each labelled position (padding -inf).
-        teacher_mask: `[B, S]` positions that have a teacher distribution.
-        kl_weight: weight of `KL(teacher || student)` over the teacher's top-k (renormalized), summed per token.
-        answer_weights: `[B]` multiplier of every token's loss in each row. The count stays unweighted, so weighting
-            some rows up raises their share of the gradient without shrinking the others'.
-
-    Returns:
-        `(loss_sum, num_tokens)`.
-    """
-    # Position t predicts token t + 1.
-    shifted_labels = labels[:, 1:]
-    selected = shifted_labels != -100
-    logits = logits[:, :-1][selected].float()  # only answer positions: never a full [B, S, V] float copy
-    token_weights = None  # [T] per selected position
-    if answer_weights is not None:
-        token_weights = answer_weights.to(logits)[:, None].expand_as(shifted_labels)[selected]
-    token_losses = F.cross_entropy(logits, shifted_labels[selected], reduction="none")  # [T]
-    loss_sum = (token_losses * token_weights).sum() if token_weights is not None else token_losses.sum()
-    if kl_weight > 0 and teacher_mask is not None:
-        has_teacher = teacher_mask[:, 1:][selected]
-        if has_teacher.any():
-            student = logits[has_teacher].log_softmax(-1)
-            ids = teacher_top_ids[:, 1:][selected][has_teacher]
-            target = teacher_top_logprobs[:, 1:][selected][has_teacher].float().log_softmax(-1)
-            probabilities = target.exp()
-            # Padded top-k slots have probability 0; where() keeps 0 * (-inf) from turning into NaN.
-            terms = torch.where(probabilities > 0, probabilities * (target - student.gather(-1, ids)), 0.0)
-            if token_weights is not None:
-                terms = terms * token_weights[has_teacher, None]
-            loss_sum = loss_sum + kl_weight * terms.sum()
-    return loss_sum, selected.sum()
-
-
 # ---- model, Hub folder -----------------------------------------------------------------------------------------------
 
 
 def build_model(model_args: ModelArguments, data_args: DataArguments) -> Video2LoRAModel:
     """A fresh hypernetwork on the base, or a checkpoint to continue; frame settings go into the config."""
     dtype = model_args.base_dtype if model_args.base_dtype == "auto" else getattr(torch, model_args.base_dtype)
-    frames = {k: v for k, v in (("num_frames", data_args.num_frames), ("frame_size", data_args.frame_size))
-              if v is not None}
     if model_args.init_from is not None:
         overrides = model_args.hypernetwork_overrides()
         growth = {name: overrides.pop(name) for name in GROWABLE_FIELDS if overrides.get(name)}
         if overrides:
             raise TrainingSetupError(f"--init_from continues a checkpoint with its own architecture; drop {sorted(overrides)}.")
         model = Video2LoRAModel.from_pretrained(model_args.init_from, dtype=dtype, **growth)
-        for key, value in frames.items():
-            setattr(model.config, key, value)
     else:
         base = model_args.base_model_name_or_path
         if os.path.isdir(base):
             # Checkpoints live elsewhere; a relative path would resolve against them (or the wrong cwd) when loaded.
             base = os.path.abspath(base)
         model = Video2LoRAModel.from_base(base, revision=model_args.base_model_revision, dtype=dtype,
-                                          **model_args.hypernetwork_overrides(), **frames)
+                                          **model_args.hypernetwork_overrides())
     if model.processor is None:
         raise TrainingSetupError("The base has no processor files (tokenizer and image processor); save them beside it.")
+    if data_args.num_frames is not None:
+        model.processor.update_video_sampling(max_frames=data_args.num_frames)
     model.hypernetwork.float()  # fp32 master weights whatever the base's dtype (bf16 runs under autocast)
+    # The model's forward computes the loss; the flag always wins over a continued checkpoint's recorded weight.
+    model.config.kl_weight = data_args.kl_weight
     return model
 
 
@@ -596,7 +526,8 @@ def prepare_hub_folder(model: Video2LoRAModel, output_dir: str | os.PathLike, *,
         num_parameters=f"{num_parameters / 1e6:.1f}M" if num_parameters >= 1e5 else f"{num_parameters:,}",
         lora_r=config.lora_r, effective_rank=config.effective_rank, target_modules=", ".join(config.target_modules),
         latent_size=config.latent_size, num_latents=config.num_latents, num_blocks=config.num_blocks,
-        head_type=config.head_type, num_frames=config.num_frames, frame_size=config.frame_size,
+        head_type=config.head_type, num_frames=model.processor.video_sampling["max_frames"],
+        frame_size=model.processor.frame_size,
         kl_weight=None, training_summary=training_summary,
     )
     (output_dir / "README.md").write_text(card, encoding="utf-8")
@@ -675,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     config = model.config
     logger.info(f"Hypernetwork: {sum(p.numel() for p in model.hypernetwork.parameters()):,} trainable parameters; "
                 f"base {config.base_model_name_or_path} frozen.")
-    frames = {"num_frames": config.num_frames, "frame_size": config.frame_size}
+    frames = {"sampling": model.processor.sampling_kwargs()}
     train_dataset = None
     if training_args.do_train:
         if not data_args.train_manifest:
@@ -695,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     trainer = Video2LoRATrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=Video2LoRACollator(model.processor, config.instruction, with_teacher=with_teacher),
-        kl_weight=data_args.kl_weight, base_model_reference=model_args.base_model_reference,
+        base_model_reference=model_args.base_model_reference,
     )
 
     metrics: dict[str, float] = {}

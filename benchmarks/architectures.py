@@ -37,12 +37,11 @@ REAL_ARCHITECTURES = {"500m": SMOLVLM2_500M, "2.2b": SMOLVLM2_2B}
 # checkpoint is not on disk yet, so that the tiny benchmark times the same computation either way.
 TINY_WORLD_VISION = dict(image_size=64, patch_size=4, scale_factor=4, vision_hidden=64, vision_layers=2,
                          text_hidden=128, text_layers=4, text_heads=4)
-TINY_WORLD_HYPERNETWORK = dict(lora_r=8, latent_size=128, num_latents=16, num_blocks=2, num_attention_heads=4,
-                               num_frames=4, frame_size=64)
+TINY_WORLD_HYPERNETWORK = dict(lora_r=8, latent_size=128, num_latents=16, num_blocks=2, num_attention_heads=4)
 
 # The tests' tiny model (`tests/conftest.py`): what `--quick` runs on, in seconds.
 QUICK_HYPERNETWORK = dict(lora_r=4, latent_size=32, num_latents=4, num_blocks=2, num_attention_heads=4,
-                          input_projection_size=32, num_frames=4, frame_size=64)
+                          input_projection_size=32)
 
 # Words the benchmark prompts use, so the small tokenizer encodes them in few tokens like a real one would.
 BENCHMARK_CORPUS = [

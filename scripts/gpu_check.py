@@ -89,9 +89,10 @@ def main() -> int:
 
     # One batch of videos: row i answers with adapter i, exactly as one video at a time.
     processor = gpu.processor
-    frames = gpu.config.num_frames
-    sampled = [clip["frames"][:: max(1, len(clip["frames"]) // frames)][:frames] for clip in clips]
-    context = processor.encode_videos(sampled, gpu.config.instruction).to(device)
+    sampled = [processor.sample_video(clip["frames"]) for clip in clips]  # the one sampler, as internalize() uses
+    context = processor.encode_videos([video.frames for video in sampled], gpu.config.instruction,
+                                      timestamps=[video.timestamps for video in sampled],
+                                      durations=[video.duration for video in sampled]).to(device)
     adapters = gpu.generate_adapter(**context).detach()
     first_questions = [clip["qa"][0][0] for clip in clips]
     batched = gpu.answer(adapters, first_questions)

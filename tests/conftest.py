@@ -17,7 +17,9 @@ from video2lora.tiny import build_processor, build_tokenizer, tiny_smolvlm_confi
 torch.set_num_threads(1)
 
 TINY_HYPERNETWORK = dict(lora_r=4, latent_size=32, num_latents=4, num_blocks=2, num_attention_heads=4,
-                         input_projection_size=32, num_frames=4, frame_size=64)
+                         input_projection_size=32)
+# The embedded default's sampling: exactly 4 frames, uniformly in time.
+TINY_SAMPLING = {"fps": None, "max_frames": 4}
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +34,7 @@ def base_config(tokenizer):
 
 @pytest.fixture(scope="session")
 def processor(tokenizer, base_config):
-    return build_processor(tokenizer, base_config)
+    return build_processor(tokenizer, base_config, video_sampling=TINY_SAMPLING)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from video2lora import runner
 from video2lora.cli import main
 from video2lora.data import read_manifest
 from video2lora.tiny import build_processor, tiny_smolvlm_config, tokens_per_frame
-from video2lora.video import read_video, write_video
+from video2lora.video import write_video
 from video2lora.world import generate_clip, split_seeds, write_world
 
 MAX_NEW_TOKENS = "3"
@@ -69,8 +70,7 @@ def model_dir(model, tmp_path):
 
 def v2l_answer(model, video_path, question):
     """The answer the CLI must print: the adapter of the same frames, the same greedy decoding."""
-    video = read_video(video_path, num_frames=model.config.num_frames, max_edge=model.config.frame_size)
-    adapter = model.internalize(video.frames, timestamps=video.timestamps, duration=video.duration)
+    adapter = model.internalize(video_path)  # the Python door: the CLI must give the very same adapter
     return model.answer(adapter, question, max_new_tokens=int(MAX_NEW_TOKENS))
 
 
@@ -83,19 +83,18 @@ def test_internalize_writes_peft_folder_and_provenance(capsys, model, model_dir,
 
     record = json.loads((out / "video2lora.json").read_text())
     assert record["video"]["sha256"] == hashlib.sha256(video_path.read_bytes()).hexdigest()
-    assert record["frames"]["count"] == model.config.num_frames == len(record["frames"]["timestamps"])
+    assert record["frames"]["count"] == model.processor.video_sampling["max_frames"] == len(record["frames"]["timestamps"])
     assert record["model"]["name_or_path"] == str(model_dir)
     assert record["base"]["fingerprint"] == model.fingerprint
     assert record["created_at"].endswith("+00:00")
 
     # The folder holds exactly the adapter of those frames, and is a valid PEFT LoRA.
     adapter = Video2LoRAAdapter.from_pretrained(out)
-    video = read_video(video_path, num_frames=4, max_edge=model.config.frame_size)
-    assert record["frames"]["timestamps"] == video.timestamps
-    expected = model.internalize(video.frames, timestamps=video.timestamps, duration=video.duration)
+    assert record["frames"]["timestamps"] == model.processor.sample_video(video_path).timestamps
+    expected = model.internalize(video_path)  # the Python door, bit for bit
     for name in expected.lora_A:
-        torch.testing.assert_close(adapter.lora_A[name], expected.lora_A[name])
-        torch.testing.assert_close(adapter.scaled_B()[name], expected.scaled_B()[name])
+        assert torch.equal(adapter.lora_A[name], expected.lora_A[name])
+        assert torch.equal(adapter.scaled_B()[name], expected.scaled_B()[name])
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
     try:
         import video2lora.cards  # noqa: F401
@@ -142,7 +141,7 @@ def test_ask_compare_reports_visual_tokens_and_timings(capsys, model, model_dir,
     base = re.search(r"Base +\( *(\d+) visual tokens, +([\d.]+) s\)", out)
     assert v2l and base, out
     assert int(v2l[1]) == 0
-    assert int(base[1]) == model.config.num_frames * tokens_per_frame(base_config) > 0
+    assert int(base[1]) == model.processor.video_sampling["max_frames"] * tokens_per_frame(base_config) > 0
     assert float(base[2]) > 0 and float(v2l[2]) > 0
 
 
@@ -178,7 +177,8 @@ def test_eval_writes_summary_records_and_report(capsys, model, model_dir, world,
         assert set(record["scores"]) == set(record["answers"]) == {"base", "v2l", "blind"}
         assert record["visual_tokens"]["v2l"] == 0 < record["visual_tokens"]["base"]
     qa = next(r for r in records if r["task_type"] == "qa")
-    assert qa["answers"]["v2l"] == v2l_answer(model, qa["video_path"], qa["prompt"])
+    assert not os.path.isabs(qa["video_path"])  # relative to the data root: reports carry no machine paths
+    assert qa["answers"]["v2l"] == v2l_answer(model, manifest.parent / qa["video_path"], qa["prompt"])
     assert qa["answers"]["blind"] == model.answer(None, qa["prompt"], max_new_tokens=int(MAX_NEW_TOKENS))
 
     summary = json.loads((out / "summary.json").read_text())
@@ -222,11 +222,10 @@ def test_eval_composes_segment_adapters(capsys, model, model_dir, world, tmp_pat
     assert json.loads((out / "summary.json").read_text())["composition"] == {"segments": 2, "mode": "average"}
 
     # V2L answered with the average of the two halves' adapters (2 frames each); Base saw 4 frames of the whole.
-    whole = read_video(videos[1], num_frames=4, max_edge=model.config.frame_size)
-    halves = [read_video(videos[1], num_frames=2, start=start, end=end, max_edge=model.config.frame_size)
+    whole = model.processor.sample_video(videos[1], num_frames=4)
+    halves = [model.internalize(videos[1], num_frames=2, start=start, end=end)
               for start, end in ((0.0, whole.duration / 2), (whole.duration / 2, whole.duration))]
-    composed = Video2LoRAAdapter.compose([model.internalize(h.frames, timestamps=h.timestamps, duration=h.duration)
-                                          for h in halves], mode="average")
+    composed = Video2LoRAAdapter.compose(halves, mode="average")
     assert record["answers"]["v2l"] == model.answer(composed, qa["prompt"], max_new_tokens=int(MAX_NEW_TOKENS))
     assert record["visual_tokens"]["base"] == runner.visual_tokens_per_query(model, whole)
 
@@ -236,7 +235,7 @@ def test_eval_composes_segment_adapters(capsys, model, model_dir, world, tmp_pat
     assert code == 2 and "argument --where: expected FIELD=VALUE, got 'segment'" in err
 
 
-def test_rows_group_by_video_and_span(world):
+def test_rows_group_by_video_and_span(world, model):
     manifest, videos = world
     rows = read_manifest(manifest).rows
     first, second = str(videos[0]), str(videos[1])
@@ -246,7 +245,7 @@ def test_rows_group_by_video_and_span(world):
     groups = runner.group_by_video(rows + halves)
     assert [key for key, _ in groups] == [(first, None), (second, None), (first, (0.0, 1.0)), (first, (1.0, 2.0))]
     assert [len(group) for _, group in groups] == [on_first, len(rows) - on_first, 2, 1]
-    video = runner.read_row_video(halves[2], num_frames=2, max_edge=None)
+    video = runner.read_row_video(model, halves[2], num_frames=2)
     assert video.duration == pytest.approx(1.0) and video.num_frames == 2
 
 
@@ -367,3 +366,39 @@ def test_readme_main_command_runs_on_the_embedded_default(capsys):
     assert "V2L (0 visual tokens)" in table[0] and len(table) == 2 + len(clip.qa)
     match = re.search(rf"exact match on {len(clip.qa)} questions: V2L (\d+), Base (\d+)", out)
     assert match and int(match.group(2)) >= 1  # the trained teacher reads this clip
+
+
+def test_adapter_folder_is_a_clean_shareable_artifact(capsys, saved_base, world, tmp_path):
+    """World-readable files, a base any process can resolve, the base's dtype by default, PEFT's exact key form."""
+    from peft import PeftConfig
+
+    from tests.conftest import TINY_HYPERNETWORK
+
+    model = Video2LoRAModel.from_base(str(saved_base), **TINY_HYPERNETWORK)
+    perturb_(model)
+    model.config.base_model_name_or_path = "../base"  # shipped beside the checkpoint, like the embedded default
+    model_dir = saved_base.parent / f"hypernetwork-{tmp_path.name}"
+    model.save_pretrained(model_dir)
+    out = tmp_path / "adapter"
+    code, _, _ = run_cli(capsys, "internalize", world[1][0], "-o", out, "--model", model_dir)
+    assert code == 0
+    assert {p.name for p in tmp_path.iterdir() if p.name.startswith(".")} == set()  # no staging folder left
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert all(path.stat().st_mode & 0o777 == 0o644 for path in out.iterdir())
+    config = PeftConfig.from_pretrained(out)
+    assert config.base_model_name_or_path == str(saved_base.absolute())  # not "../base", meaningless beside it
+    from safetensors import safe_open
+
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as handle:
+        keys = sorted(handle.keys())
+        dtypes = {handle.get_tensor(key).dtype for key in keys}
+    layers = model.config.num_target_layers
+    assert keys == sorted(f"base_model.model.model.text_model.layers.{i}.mlp.down_proj.lora_{ab}.weight"
+                          for i in range(layers) for ab in "AB")
+    assert dtypes == {model.vlm.dtype}
+    assert "/" not in json.loads((out / "video2lora.json").read_text())["video"]["name"]
+
+    code, _, _ = run_cli(capsys, "internalize", world[1][0], "-o", out, "--model", model_dir, "--dtype", "bfloat16")
+    assert code == 0
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as handle:
+        assert {handle.get_tensor(key).dtype for key in handle.keys()} == {torch.bfloat16}

@@ -1,6 +1,7 @@
 """The core contract: adapter shapes, the exact no-op at init, PEFT-exact export, batching, AutoModel loading."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -240,6 +241,53 @@ def test_only_hypernetwork_parameters_train(make_model, processor):
     assert with_grad == {name for name, _ in model.hypernetwork.named_parameters()}
 
 
+def test_forward_loss_is_weighted_ce_plus_kl_over_the_token_count(make_model, processor):
+    model = make_model()
+    perturb_(model)
+    adapter = model.generate_adapter(**context(processor, 2))
+    inputs = processor.encode_text(["q one", "q two"], answers=["blue", "a red circle"])
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    labels[:, :4] = -100  # a prompt
+    batch, length = labels.shape
+    top_ids = torch.randint(0, model.config.text_config.vocab_size, (batch, length, 3),
+                            generator=torch.Generator().manual_seed(0))
+    top_logprobs = torch.tensor([-0.2, -1.5, -math.inf]).expand(batch, length, 3).clone()  # one padded slot
+    teacher_mask = labels != -100
+    teacher_mask[1] = False  # only the first row has the teacher's distributions
+    teacher = {"teacher_top_ids": top_ids, "teacher_top_logprobs": top_logprobs, "teacher_mask": teacher_mask}
+    weights = torch.tensor([3.0, 1.0])
+
+    def forward(**kwargs):
+        return model(**inputs, labels=labels, adapter=adapter, adapter_index=torch.tensor([0, 0]), **kwargs)
+
+    # By hand: position t - 1 predicts label t; the KL is over the renormalized top-k, padded slots left out.
+    log_probs = forward().logits.float().log_softmax(-1)
+    ce_sum = weighted_sum = count = 0.0
+    for row, t in (labels[:, 1:] != -100).nonzero().tolist():
+        t += 1
+        ce = -log_probs[row, t - 1, labels[row, t]].item()
+        kl = 0.0
+        if teacher_mask[row, t]:
+            p = top_logprobs[row, t].softmax(-1)
+            kl = sum(p[j].item() * (p[j].log().item() - log_probs[row, t - 1, top_ids[row, t, j]].item())
+                     for j in range(3) if p[j] > 0)
+        ce_sum += ce
+        weighted_sum += weights[row].item() * (ce + 0.5 * kl)
+        count += 1
+
+    assert model.config.kl_weight == 0.0  # by default the teacher's distributions are not used
+    assert forward(**teacher).loss.item() == pytest.approx(ce_sum / count, rel=1e-5)
+    weighted_ce = forward(**teacher, answer_weights=weights).loss
+    model.config.kl_weight = 0.5
+    loss = forward(**teacher, answer_weights=weights).loss
+    assert loss.item() == pytest.approx(weighted_sum / count, rel=1e-5)  # the normalizer stays the token count
+    assert loss > weighted_ce + 0.1  # the KL term is there
+    # Gradient accumulation: the sum over this batch divided by the whole step's token count.
+    accumulated = forward(**teacher, answer_weights=weights, num_items_in_batch=torch.tensor(40)).loss
+    assert accumulated.item() == pytest.approx(weighted_sum / 40, rel=1e-5)
+    assert model(**inputs, adapter=adapter).loss is None  # no labels, no loss
+
+
 def test_composition_sums_or_averages_the_deltas(make_model, processor):
     model = make_model()
     perturb_(model)
@@ -283,8 +331,8 @@ def test_internalize_and_answer_from_array_pil_and_file(make_model, processor, t
     model = make_model()
     perturb_(model)
     frames = make_frames(8, seed=3)
-    from_array = model.internalize(frames, fps=4.0)
-    from_pil = model.internalize([Image.fromarray(f) for f in frames], fps=4.0)
+    from_array = model.internalize(frames, frame_rate=4.0)
+    from_pil = model.internalize([Image.fromarray(f) for f in frames], frame_rate=4.0)
     torch.testing.assert_close(from_array.lora_A["mlp.down_proj"], from_pil.lora_A["mlp.down_proj"])
     path = tmp_path / "clip.mp4"
     write_video(path, frames, fps=4.0)
@@ -359,7 +407,8 @@ AUTOMODEL_SCRIPT = textwrap.dedent("""
         # The folder's own code must be what runs, never this project's installed modules.
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in {"video2lora", "modeling_video2lora", "configuration_video2lora",
-                                      "perceiver_video2lora", "processing_video2lora", "tests"}:
+                                      "perceiver_video2lora", "processing_video2lora", "video_processing_video2lora",
+                                      "families_video2lora", "tests"}:
                 raise ImportError(f"project module {name} imported")
 
     sys.meta_path.insert(0, BlockProject())

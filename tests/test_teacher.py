@@ -9,7 +9,7 @@ from video2lora.data import ManifestError, read_manifest, write_manifest
 from video2lora.teacher import _part_paths, generate_teacher_targets, load_teacher, main, weights_fingerprint
 from video2lora.world import write_world
 
-GENERATION = dict(num_frames=4, frame_size=64, batch_size=2, max_new_tokens=4, top_k_logprobs=3, progress=False)
+GENERATION = dict(num_frames=4, batch_size=2, max_new_tokens=4, top_k_logprobs=3, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def setup(tmp_path_factory, saved_base):
     lines += [json.dumps(r) for r in second] + [json.dumps(unknown_task)]
     manifest = root / "in.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
-    vlm, teacher_processor, _ = load_teacher(saved_base)
+    vlm, teacher_processor = load_teacher(saved_base)
     good_ids = [r["id"] for r in first + second]
     # 1-based lines: bad JSON on 3, missing video on 5, unknown task type on 9.
     return {"root": root, "base": saved_base, "manifest": manifest, "vlm": vlm, "processor": teacher_processor,
@@ -38,7 +38,7 @@ def reference_output(setup):
     """One uninterrupted run, through the command line."""
     output = setup["root"] / "reference.jsonl"
     report = main(["--model", str(setup["base"]), "--manifest", str(setup["manifest"]),
-                   "--output", str(output), "--num_frames", "4", "--frame_size", "64", "--batch_size", "2",
+                   "--output", str(output), "--num_frames", "4", "--batch_size", "2",
                    "--max_new_tokens", "4", "--top_k_logprobs", "3", "--no_progress"])
     return output, report
 

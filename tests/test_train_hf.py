@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def _train_command(workspace, output_dir, *extra):
         str(workspace["manifest"]), "--output_dir", str(output_dir), *HYPERNETWORK_FLAGS,
         "--questions_per_video", "2", "--per_device_train_batch_size", "2", "--max_steps", "8",
         "--learning_rate", "1e-2", "--warmup_steps", "0", "--logging_steps", "1", "--save_steps", "4",
-        "--seed", "0", "--disable_tqdm", "true", "--frame_cache_dir", str(workspace["root"] / "frames"), *extra,
+        "--seed", "0", "--disable_tqdm", "true", "--num_frames", "3", "--frame_cache_dir", str(workspace["root"] / "frames"), *extra,
     ]
 
 
@@ -75,7 +76,11 @@ def test_accelerate_launch_trains_and_saves_only_the_hypernetwork(trained, works
             keys = list(handle.keys())
         assert keys and all(key.startswith("hypernetwork.") for key in keys)
     config = json.loads((trained / "config.json").read_text())
-    assert config["base_model_name_or_path"] == str(workspace["base"]) and config["num_frames"] == 4
+    assert config["base_model_name_or_path"] == str(workspace["base"]) and "num_frames" not in config
+    # Frame settings live with the processor: --num_frames capped the base's 4, the resolution stayed the base's.
+    processor_config = json.loads((trained / "processor_config.json").read_text())
+    assert processor_config["video_sampling"]["max_frames"] == 3
+    assert processor_config["image_processor"]["max_image_size"] == {"longest_edge": 64}
     model = AutoModel.from_pretrained(trained, trust_remote_code=True)
     assert type(model).__name__ == "Video2LoRAModel" and model.processor is not None
     fresh = Video2LoRAModel.from_base(str(workspace["base"]), **TINY_HYPERNETWORK)
@@ -114,8 +119,8 @@ def small_trainer(workspace, tmp_path):
                                        frame_cache_dir=str(workspace["root"] / "frames"))
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **{
         k: v for k, v in train_hf.TRAINING_DEFAULTS.items() if k != "save_strategy"})
-    dataset = train_hf.build_dataset(str(workspace["manifest"]), data_args, num_frames=4, frame_size=64, seed=0,
-                                     max_videos=None, training_args=args)
+    dataset = train_hf.build_dataset(str(workspace["manifest"]), data_args, sampling=model.processor.sampling_kwargs(),
+                                     seed=0, max_videos=None, training_args=args)
     collator = train_hf.Video2LoRACollator(model.processor, model.config.instruction)
     trainer = train_hf.Video2LoRATrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     return trainer, dataset, collator
@@ -132,79 +137,71 @@ def test_optimizer_holds_only_hypernetwork_parameters(small_trainer):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
 
 
-def _loss_and_grads(trainer, batch, num_items):
-    trainer.model.zero_grad()
-    loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=num_items)
-    loss.backward()
-    return loss.detach(), [p.grad.clone() for p in trainer.model.hypernetwork.parameters()]
+def _hypernetwork_grads(model):
+    return [p.grad.clone() for p in model.hypernetwork.parameters()]
 
 
 def test_gradient_accumulation_matches_one_big_batch(small_trainer):
     trainer, dataset, collator = small_trainer
-    trainer.model.train()
+    model = trainer.model
     # Two single-question examples whose answers differ in length, so a mean of per-batch means would be wrong.
     lengths = [(collator([dataset[i]])["labels"] != -100).sum().item() for i in range(len(dataset))]
     first = 0
     second = next(i for i in range(len(dataset)) if lengths[i] != lengths[first])
     big = collator([dataset[first], dataset[second]])
     micro = [collator([dataset[first]]), collator([dataset[second]])]
-    num_items = trainer._get_num_items_in_batch(micro, torch.device("cpu"))
-    assert num_items == (big["labels"][:, 1:] != -100).sum()
 
-    big_loss, big_grads = _loss_and_grads(trainer, big, num_items)
-    accumulated_loss, accumulated_grads = 0.0, None
-    for batch in micro:
-        loss, grads = _loss_and_grads(trainer, batch, num_items)
-        accumulated_loss += loss
-        accumulated_grads = grads if accumulated_grads is None else [a + g for a, g in
-                                                                      zip(accumulated_grads, grads, strict=True)]
-    assert accumulated_loss == pytest.approx(big_loss.item(), rel=1e-5)
+    # One optimizer step of Trainer's loop over two micro-batches: count the step's answer tokens, then a
+    # `training_step` (default `compute_loss`, backward) per micro-batch.
+    assert trainer.model_accepts_loss_kwargs
+    batches, num_items = trainer.get_batch_samples(iter(micro), 2, torch.device("cpu"))
+    assert num_items == (big["labels"][:, 1:] != -100).sum()  # every predicted answer token of the step
+    trainer.current_gradient_accumulation_steps = 2  # what the loop sets; dividing by it again would be wrong
+    model.zero_grad()
+    accumulated_loss = sum(trainer.training_step(model, batch, num_items) for batch in batches)
+    accumulated_grads = _hypernetwork_grads(model)
+
+    model.zero_grad()
+    big_loss = model(**big).loss  # the mean over the big batch's answer tokens
+    big_loss.backward()
+    big_grads = _hypernetwork_grads(model)
+    assert accumulated_loss.item() == pytest.approx(big_loss.item(), rel=1e-5)
     for a, b in zip(accumulated_grads, big_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
-    # Trainer must not divide again by the accumulation steps, and the naive mean of means differs.
-    assert trainer.loss_is_scaled_for_ga is True
+
     # The naive alternative, a mean of per-micro-batch token means, weights the two answers' tokens unequally.
-    naive = [_loss_and_grads(trainer, batch, None)[1] for batch in micro]
+    naive = []
+    for batch in micro:
+        model.zero_grad()
+        model(**batch).loss.backward()
+        naive.append(_hypernetwork_grads(model))
     naive_grads = [(a + b) / 2 for a, b in zip(*naive, strict=True)]
     assert not all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(naive_grads, big_grads, strict=True))
 
 
-def test_kl_term_uses_only_positions_with_teacher_distributions():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 11)
-    labels = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 5, -100, -100]])
-    ce, count = train_hf.answer_loss_sum(logits, labels)
-    assert count == 5
-    top_ids = torch.randint(0, 11, (2, 5, 3))
-    top_logprobs = torch.tensor([-0.1, -2.0, -3.0]).expand(2, 5, 3).clone()
-    none = train_hf.answer_loss_sum(logits, labels, top_ids, top_logprobs, torch.zeros(2, 5, dtype=torch.bool),
-                                    kl_weight=1.0)[0]
-    assert none == pytest.approx(ce.item())
-    mask = labels != -100
-    with_kl = train_hf.answer_loss_sum(logits, labels, top_ids, top_logprobs, mask, kl_weight=0.5)[0]
-    assert with_kl > ce and torch.isfinite(with_kl)
+def test_ddp_normalizes_by_the_global_token_count(workspace, tmp_path):
+    # Two gloo processes; tests/ddp_loss_worker.py compares each DDP-averaged gradient with a single process's.
+    result = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "tests/ddp_loss_worker.py", str(workspace["base"]), str(tmp_path)], workspace)
+    for rank in (0, 1):
+        for average in (True, False):
+            assert f"rank {rank}: average_tokens_across_devices={average} ok" in result.stdout, result.stdout
 
 
-def test_answer_weights_scale_each_rows_tokens_but_not_the_count():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 11)
-    labels = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 5, -100, -100]])
-    top_ids = torch.randint(0, 11, (2, 5, 3))
-    top_logprobs = torch.tensor([-0.1, -2.0, -3.0]).expand(2, 5, 3).clone()
-    mask = labels != -100
-    row_only = torch.tensor([[1], [0]]).bool()  # [B, 1]
-
-    def loss(keep_rows=None, **kwargs):
-        kept = labels.masked_fill(~keep_rows, -100) if keep_rows is not None else labels
-        return train_hf.answer_loss_sum(logits, kept, top_ids, top_logprobs, mask, kl_weight=0.5, **kwargs)
-
-    plain, count = loss()
-    ones, ones_count = loss(answer_weights=torch.ones(2))
-    assert ones == pytest.approx(plain.item()) and ones_count == count == 5
-    first, second = loss(row_only)[0], loss(~row_only)[0]
-    weighted, weighted_count = loss(answer_weights=torch.tensor([3.0, 1.0]))
-    assert weighted == pytest.approx(3 * first.item() + second.item(), rel=1e-5)
-    assert weighted_count == 5  # the normalizer stays the plain token count
+def test_trainer_trains_and_evaluates_on_the_models_weighted_loss(small_trainer):
+    trainer, dataset, collator = small_trainer
+    model = trainer.model
+    batch = collator([dataset[0], dataset[1]])
+    plain = model(**batch).loss
+    batch["answer_weights"] = torch.tensor([3.0, 1.0])
+    weighted = model(**batch).loss
+    assert weighted > plain  # the weights reach the model's loss
+    # Eval loss: Trainer counts this batch's answer tokens, so it is the model's mean over them.
+    eval_loss, _, _ = trainer.prediction_step(model, batch, prediction_loss_only=True)
+    assert eval_loss.item() == pytest.approx(weighted.item(), rel=1e-5)
+    # Training: the same loss, scaled for an accumulation of one micro-batch.
+    _, num_items = trainer.get_batch_samples(iter([batch]), 1, torch.device("cpu"))
+    assert trainer.training_step(model, batch, num_items).item() == pytest.approx(weighted.item(), rel=1e-5)
 
 
 def test_question_type_weights_reach_the_batch(small_trainer, workspace):
@@ -214,8 +211,9 @@ def test_question_type_weights_reach_the_batch(small_trainer, workspace):
     data_args = train_hf.DataArguments(train_manifest=str(workspace["manifest"]), questions_per_video=1,
                                        frame_cache_dir=str(workspace["root"] / "frames"),
                                        question_type_weights=f"{question_type}=4,qa=2")
-    weighted = train_hf.build_dataset(str(workspace["manifest"]), data_args, num_frames=4, frame_size=64, seed=0,
-                                      max_videos=None, training_args=trainer.args)
+    weighted = train_hf.build_dataset(str(workspace["manifest"]), data_args,
+                                      sampling=collator.processor.sampling_kwargs(), seed=0, max_videos=None,
+                                      training_args=trainer.args)
     batch = collator([weighted[i] for i in range(len(weighted))])
     # The question type wins over the task type; every other QA row gets the task type's weight.
     expected = [4.0 if row["metadata"]["question_type"] == question_type else 2.0 for _, (row,) in weighted.examples]
@@ -237,7 +235,8 @@ def test_prepare_hub_folder_writes_exactly_the_upload(workspace, tmp_path):
                                          dataset_names=["HuggingFaceFV/finevideo"])
     assert sorted(p.name for p in folder.iterdir()) == sorted([
         "README.md", "config.json", "model.safetensors", "configuration_video2lora.py", "modeling_video2lora.py",
-        "perceiver_video2lora.py", "processing_video2lora.py", "processor_config.json", "tokenizer.json",
+        "perceiver_video2lora.py", "processing_video2lora.py", "video_processing_video2lora.py",
+        "families_video2lora.py", "processor_config.json", "tokenizer.json",
         "tokenizer_config.json", "chat_template.jinja",
     ])
     with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
@@ -274,8 +273,9 @@ def test_init_from_keeps_the_architecture_but_may_add_context_positions(trained)
     with pytest.raises(train_hf.TrainingSetupError, match="drop \\['num_blocks'\\]"):
         build("--num_blocks", "3")
     saved = Video2LoRAModel.from_pretrained(trained).hypernetwork.state_dict()
-    grown = build("--use_context_positions", "true")
+    grown = build("--use_context_positions", "true", "--kl_weight", "0.5")
     assert grown.config.use_context_positions
+    assert grown.config.kl_weight == 0.5  # the flag reaches the loss of the model's forward
     state = grown.hypernetwork.state_dict()
     assert set(state) - set(saved) == {"position_projection"} and state["position_projection"].abs().sum() == 0
     for name, tensor in saved.items():

@@ -1,4 +1,4 @@
-"""Tests for `video2lora.video`: PyAV decoding, uniform sampling, resizing, writing and every unreadable-video case.
+"""Tests for the one frame sampler (`sample_video`) and `write_video`: PyAV decoding, uniform sampling, resizing, writing and every unreadable-video case.
 
 Every clip is written here with PyAV. Frames are never black (SmolVLM drops all-zero frames as padding), and each
 frame carries its index in the blue channel so a test can tell *which* frame was sampled after lossy compression.
@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from video2lora.video import SampledVideo, VideoDecodeError, read_video, sample_frames, write_video
+from video2lora.video import SampledVideo, VideoDecodeError, sample_video, write_video
 
 FPS = 8.0
 
@@ -76,7 +76,7 @@ def test_round_trip_keeps_frames_times_and_content(tmp_path, suffix, codec_name)
     with av.open(str(path)) as container:
         assert container.streams.video[0].codec_context.name == codec_name
 
-    video = read_video(path, num_frames=20, max_edge=None)
+    video = sample_video(path, num_frames=20, max_edge=None)
     assert video.path == str(path)
     assert video.frames.shape == (20, 48, 64, 3)
     assert video.frames.dtype == np.uint8
@@ -89,7 +89,7 @@ def test_round_trip_keeps_frames_times_and_content(tmp_path, suffix, codec_name)
 
 def test_uniform_sampling_keeps_the_frame_at_each_bin_centre(clip_20):
     path, _ = clip_20
-    video = read_video(path, num_frames=4, max_edge=None)
+    video = sample_video(path, num_frames=4, max_edge=None)
     # Bins of 0.625 s; centres 0.3125, 0.9375, 1.5625, 2.1875 s fall in frames 2, 7, 12, 17.
     assert expected_sample(20, 4) == [2, 7, 12, 17]
     assert [frame_index(frame) for frame in video.frames] == [2, 7, 12, 17]
@@ -99,7 +99,7 @@ def test_uniform_sampling_keeps_the_frame_at_each_bin_centre(clip_20):
 
 def test_default_samples_twelve_frames(clip_20):
     path, _ = clip_20
-    video = read_video(path)
+    video = sample_video(path)
     assert [frame_index(frame) for frame in video.frames] == expected_sample(20, 12)
     assert_valid_timestamps(video)
 
@@ -107,7 +107,7 @@ def test_default_samples_twelve_frames(clip_20):
 def test_fewer_frames_than_requested_returns_each_once(tmp_path):
     path = tmp_path / "short.mp4"
     write_video(path, make_frames(5, 32, 32), fps=FPS)
-    video = read_video(path, num_frames=12)
+    video = sample_video(path, num_frames=12)
     assert [frame_index(frame) for frame in video.frames] == [0, 1, 2, 3, 4]
     assert video.timestamps == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.5])
     assert video.duration == pytest.approx(5 / FPS)
@@ -116,7 +116,7 @@ def test_fewer_frames_than_requested_returns_each_once(tmp_path):
 def test_single_frame_clip(tmp_path):
     path = tmp_path / "one.mp4"
     write_video(path, make_frames(1, 16, 16), fps=FPS)
-    video = read_video(path, num_frames=12)
+    video = sample_video(path, num_frames=12)
     assert video.frames.shape == (1, 16, 16, 3)
     assert video.timestamps == [0.0]
     assert video.duration == pytest.approx(1 / FPS)
@@ -129,7 +129,7 @@ def test_many_frames_with_flat_memory(tmp_path):
     write_video(path, make_frames(num_total, 16, 16), fps=fps)
     tracemalloc.start()
     try:
-        video = read_video(path, num_frames=12)
+        video = sample_video(path, num_frames=12)
         _, peak_bytes = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -145,7 +145,7 @@ def test_many_frames_with_flat_memory(tmp_path):
 
 def test_span_sampling_is_relative_to_the_span(clip_20):
     path, _ = clip_20
-    video = read_video(path, num_frames=4, start=1.0, end=2.0, max_edge=None)
+    video = sample_video(path, num_frames=4, start=1.0, end=2.0, max_edge=None)
     # Bins of 0.25 s from 1.0 s; centres 1.125, 1.375, 1.625, 1.875 s fall in frames 9, 11, 13, 15.
     assert [frame_index(frame) for frame in video.frames] == [9, 11, 13, 15]
     assert video.timestamps == pytest.approx([0.125, 0.375, 0.625, 0.875])
@@ -155,7 +155,7 @@ def test_span_sampling_is_relative_to_the_span(clip_20):
 
 def test_span_end_is_clamped_to_the_clip(clip_20):
     path, _ = clip_20
-    video = read_video(path, num_frames=12, start=2.0, end=60.0)
+    video = sample_video(path, num_frames=12, start=2.0, end=60.0)
     assert [frame_index(frame) for frame in video.frames] == [16, 17, 18, 19]
     assert video.duration == pytest.approx(0.5)
     assert video.timestamps == pytest.approx([0.0, 0.125, 0.25, 0.375])
@@ -163,7 +163,7 @@ def test_span_end_is_clamped_to_the_clip(clip_20):
 
 def test_span_inside_one_frame_returns_the_frame_on_screen(clip_20):
     path, _ = clip_20
-    video = read_video(path, num_frames=3, start=0.51, end=0.52)
+    video = sample_video(path, num_frames=3, start=0.51, end=0.52)
     assert [frame_index(frame) for frame in video.frames] == [4]  # frame 4 is on screen from 0.5 s to 0.625 s
     assert video.timestamps == [0.0]
 
@@ -171,7 +171,7 @@ def test_span_inside_one_frame_returns_the_frame_on_screen(clip_20):
 def test_span_starting_after_the_clip_is_a_value_error(clip_20):
     path, _ = clip_20
     with pytest.raises(ValueError, match="past the end"):
-        read_video(path, start=10.0)
+        sample_video(path, start=10.0)
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ def test_span_starting_after_the_clip_is_a_value_error(clip_20):
 )
 def test_max_edge_resizes_keeping_aspect_and_never_upscales(clip_20, max_edge, expected_hw):
     path, frames = clip_20
-    video = read_video(path, num_frames=3, max_edge=max_edge)
+    video = sample_video(path, num_frames=3, max_edge=max_edge)
     assert video.frames.shape[1:3] == expected_hw
     # Resizing averages a gradient; the mean colour must survive it.
     assert abs(float(video.frames[..., 0].mean()) - float(frames[..., 0].mean())) < 6
@@ -191,7 +191,7 @@ def test_odd_size_round_trip_keeps_the_visible_size(tmp_path, suffix):
     frames = make_frames(6, 17, 33)
     path = tmp_path / f"odd{suffix}"
     write_video(path, frames, fps=FPS)
-    video = read_video(path, num_frames=6, max_edge=None)
+    video = sample_video(path, num_frames=6, max_edge=None)
     assert video.frames.shape == (6, 17, 33, 3)
     assert [frame_index(frame) for frame in video.frames] == list(range(6))
     assert np.abs(video.frames.astype(int) - frames.astype(int)).mean() < 4
@@ -200,7 +200,7 @@ def test_odd_size_round_trip_keeps_the_visible_size(tmp_path, suffix):
 def test_extreme_aspect_ratio_is_resized_proportionally(tmp_path):
     path = tmp_path / "wide.mp4"
     write_video(path, make_frames(3, 20, 200), fps=FPS)
-    video = read_video(path, num_frames=3, max_edge=50)
+    video = sample_video(path, num_frames=3, max_edge=50)
     assert video.frames.shape == (3, 5, 50, 3)
 
 
@@ -208,7 +208,7 @@ def test_fractional_frame_rate_timestamps_come_from_pts(tmp_path):
     path = tmp_path / "ntsc.mkv"
     fps = 30000 / 1001
     write_video(path, make_frames(10, 16, 16), fps=fps)
-    video = read_video(path, num_frames=10)
+    video = sample_video(path, num_frames=10)
     # Matroska stores milliseconds, so each timestamp is the frame time rounded to 1 ms.
     assert video.timestamps == pytest.approx([i / fps for i in range(10)], abs=1e-3)
 
@@ -321,7 +321,7 @@ BAD_KINDS = [
 def test_every_unreadable_video_raises_video_decode_error(tmp_path, clip_20, kind):
     path, reason_fragment = make_bad_video(kind, tmp_path, clip_20[0])
     with pytest.raises(VideoDecodeError) as caught:
-        read_video(path)
+        sample_video(path)
     error = caught.value
     assert error.path == path
     assert reason_fragment in error.reason
@@ -352,7 +352,7 @@ def test_video_decode_error_survives_pickling():
 )
 def test_invalid_arguments_raise_value_error(clip_20, kwargs, match):
     with pytest.raises(ValueError, match=match) as caught:
-        read_video(clip_20[0], **kwargs)
+        sample_video(clip_20[0], **kwargs)
     assert not isinstance(caught.value, VideoDecodeError)
 
 
@@ -361,9 +361,9 @@ def test_invalid_arguments_raise_value_error(clip_20, kwargs, match):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_sample_frames_on_an_array_matches_read_video_sampling():
+def test_sample_frames_on_an_array_matches_file_sampling():
     frames = make_frames(20, 48, 64)
-    video = sample_frames(frames, num_frames=4, fps=FPS, max_edge=None)
+    video = sample_video(frames, num_frames=4, frame_rate=FPS, max_edge=None)
     assert video.path is None
     assert [frame_index(frame) for frame in video.frames] == [2, 7, 12, 17]
     np.testing.assert_array_equal(video.frames, frames[[2, 7, 12, 17]])
@@ -374,7 +374,7 @@ def test_sample_frames_on_an_array_matches_read_video_sampling():
 def test_sample_frames_on_pil_images_resizes_and_defaults_to_one_fps():
     frames = make_frames(3, 40, 100)
     images = [PIL.Image.fromarray(frame) for frame in frames]
-    video = sample_frames(images, num_frames=12, max_edge=50)
+    video = sample_video(images, num_frames=12, max_edge=50)
     assert video.frames.shape == (3, 20, 50, 3)
     assert video.timestamps == [0.0, 1.0, 2.0]
     assert video.duration == 3.0
@@ -383,7 +383,7 @@ def test_sample_frames_on_pil_images_resizes_and_defaults_to_one_fps():
 
 def test_sample_frames_converts_non_rgb_images():
     images = [PIL.Image.new("L", (8, 6), color=100 + index) for index in range(2)]
-    video = sample_frames(images, num_frames=2)
+    video = sample_video(images, num_frames=2)
     assert video.frames.shape == (2, 6, 8, 3)
     assert video.frames[1, 0, 0].tolist() == [101, 101, 101]
 
@@ -402,7 +402,7 @@ def test_sample_frames_converts_non_rgb_images():
 )
 def test_sample_frames_rejects_bad_input(frames, match):
     with pytest.raises(ValueError, match=match):
-        sample_frames(frames, num_frames=4)
+        sample_video(frames, num_frames=4)
 
 
 @pytest.mark.parametrize(
@@ -410,7 +410,7 @@ def test_sample_frames_rejects_bad_input(frames, match):
 )
 def test_sample_frames_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        sample_frames(make_frames(4, 8, 8), **kwargs)
+        sample_video(make_frames(4, 8, 8), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -430,7 +430,7 @@ def test_write_video_replaces_an_existing_file_atomically(tmp_path):
     path = tmp_path / "clip.mp4"
     write_video(path, make_frames(3, 16, 16))
     write_video(path, make_frames(7, 16, 16))
-    assert read_video(path).frames.shape[0] == 7
+    assert sample_video(path).frames.shape[0] == 7
     assert os.listdir(tmp_path) == ["clip.mp4"]
 
 

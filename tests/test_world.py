@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from video2lora.data import REQUIRED_FIELDS, read_manifest
-from video2lora.video import sample_frames
+from video2lora.video import sample_video
 from video2lora.world import (
     BACKGROUND_RGB,
     CAPTION_PROMPT,
@@ -215,7 +215,7 @@ def test_directions_match_centroid_motion(clips):
 def test_step_centre_frames_are_what_uniform_sampling_picks():
     clip = generate_clip(11, num_steps=6, frames_per_step=3, size=96, fps=6.0)
     assert clip.frames.shape == (18, 96, 96, 3) and clip.duration == 3.0
-    sampled = sample_frames(clip.frames, num_frames=clip.num_steps, fps=clip.fps, max_edge=None)
+    sampled = sample_video(clip.frames, num_frames=clip.num_steps, frame_rate=clip.fps, max_edge=None)
     np.testing.assert_array_equal(sampled.frames, clip.frames[clip.step_centre_frames])
 
 

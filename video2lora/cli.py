@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data import ManifestError, read_manifest
-from .video import SampledVideo, VideoDecodeError, read_video
+from .data import ManifestError, read_manifest, resolve_data_root
+from .video import SampledVideo, VideoDecodeError
 
 if TYPE_CHECKING:
     from modeling_video2lora import Video2LoRAAdapter, Video2LoRAModel
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   f"folder, with {METADATA_NAME} (provenance) and a model card.")
     internalize.add_argument("video", metavar="VIDEO", help="video file (any format FFmpeg reads)")
     internalize.add_argument("-o", "--output", required=True, metavar="ADAPTER_DIR", help="adapter folder to write")
+    internalize.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                             help="dtype of the saved weights (default: the base's, bf16 for SmolVLM2)")
     _add_model_arguments(internalize, answers=False)
     _add_frame_arguments(internalize)
 
@@ -168,19 +170,15 @@ def _load_model(name_or_path: str | None) -> Video2LoRAModel:
     return load_model(name_or_path)
 
 
-def _read_video(path: str | os.PathLike, *, num_frames: int, start: float | None = None, end: float | None = None,
-                max_edge: int | None = None) -> SampledVideo:
+def _frames_for(model: Video2LoRAModel, args: argparse.Namespace, path: str | os.PathLike) -> SampledVideo:
+    """The video's frames through the model's processor: the same sampler every other door uses."""
     try:
-        return read_video(path, num_frames=num_frames, start=start, end=end, max_edge=max_edge)
+        return model.processor.sample_video(path, start=getattr(args, "start", None), end=getattr(args, "end", None),
+                                            num_frames=getattr(args, "num_frames", None))
     except VideoDecodeError:
         raise
     except ValueError as error:  # a bad span or frame count: the user's arguments, not the file
         raise UsageError(str(error)) from None
-
-
-def _frames_for(model: Video2LoRAModel, args: argparse.Namespace, path: str | os.PathLike) -> SampledVideo:
-    return _read_video(path, num_frames=args.num_frames or model.config.num_frames, start=args.start, end=args.end,
-                       max_edge=model.config.frame_size)
 
 
 def _printable(text: str) -> str:
@@ -218,13 +216,6 @@ def _model_reference(name_or_path: str | None) -> str:
     return os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
 
 
-def _base_reference(model: Video2LoRAModel, model_reference: str) -> str | None:
-    base = model.config.base_model_name_or_path
-    if base is not None and base.startswith(("./", "../")) and os.path.isdir(model_reference):
-        return os.path.normpath(os.path.join(model_reference, base))
-    return base
-
-
 # ---- internalize ----------------------------------------------------------------------------------------------------
 
 
@@ -232,13 +223,15 @@ def _provenance(args: argparse.Namespace, model: Video2LoRAModel, adapter: Video
                 video: SampledVideo) -> dict[str, Any]:
     model_reference = _model_reference(args.model)
     return {
-        "video": {"path": os.path.abspath(args.video), "sha256": sha256_file(args.video),
+        # The file's name and content hash, never its machine path: adapter folders get shared and served.
+        "video": {"name": os.path.basename(args.video), "sha256": sha256_file(args.video),
                   "size_bytes": os.path.getsize(args.video)},
         "frames": {"count": video.num_frames, "timestamps": video.timestamps, "duration": video.duration,
-                   "span": [args.start, args.end], "max_edge": model.config.frame_size},
+                   "span": [args.start, args.end], "max_edge": model.processor.frame_size,
+                   "sampling": model.processor.sampling_kwargs(args.num_frames)},
         # `_commit_hash` is the Hub commit a model was loaded from; local folders have none.
         "model": {"name_or_path": model_reference, "revision": getattr(model.config, "_commit_hash", None)},
-        "base": {"name_or_path": _base_reference(model, model_reference),
+        "base": {"name_or_path": model.base_model_reference,
                  "revision": model.config.base_model_revision, "fingerprint": model.fingerprint},
         "adapter": {"rank": adapter.rank, "num_layers": adapter.num_layers,
                     "target_modules": sorted(adapter.lora_A), "instruction": model.config.instruction},
@@ -252,14 +245,14 @@ def _hub_url(reference: str | None) -> str:
     return reference if os.path.exists(reference) else f"https://huggingface.co/{reference}"
 
 
-def _write_card(output: Path, provenance: dict[str, Any]) -> str | None:
-    """Write the adapter's model card when the card renderer is installed; returns why not otherwise."""
+def _render_adapter_card(output: Path, provenance: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The adapter's model card, or `None` and why not."""
     try:
         from .cards import render_card
     except ImportError:
-        return "no card renderer (video2lora.cards) installed"
+        return None, "no card renderer (video2lora.cards) installed"
     base, model = provenance["base"]["name_or_path"], provenance["model"]["name_or_path"]
-    video_name = Path(provenance["video"]["path"]).name
+    video_name = provenance["video"]["name"]
     try:
         card = render_card(
             "adapter", library_name="peft", tags=["video2lora", "lora", "video"],
@@ -273,9 +266,8 @@ def _write_card(output: Path, provenance: dict[str, Any]) -> str | None:
             repo_id=output.name, created_at=provenance["created_at"],
         )
     except (FileNotFoundError, ValueError, ImportError) as error:
-        return " ".join(str(error).split())
-    (output / CARD_NAME).write_text(card, encoding="utf-8")
-    return None
+        return None, " ".join(str(error).split())
+    return card, None
 
 
 def _cmd_internalize(args: argparse.Namespace) -> int:
@@ -283,19 +275,17 @@ def _cmd_internalize(args: argparse.Namespace) -> int:
         raise UsageError(f"-o '{args.output}' is a file; the adapter is written as a folder")
     model = _load_model(args.model)
     video = _frames_for(model, args, args.video)
-    started = time.perf_counter()
-    adapter = model.internalize(video.frames, timestamps=video.timestamps, duration=video.duration)
-    elapsed = time.perf_counter() - started
+    adapter, elapsed = _timed(model.internalize, video)
     provenance = _provenance(args, model, adapter, video)
     # Carried inside the safetensors metadata too, so the adapter file alone still says which video it came from.
     adapter.metadata = {**adapter.metadata, "video_sha256": provenance["video"]["sha256"],
                         "frame_timestamps": video.timestamps}
     output = Path(args.output)
-    adapter.save_pretrained(output)
-    (output / METADATA_NAME).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-    skipped = _write_card(output, provenance)
+    card, skipped = _render_adapter_card(output, provenance)
     if skipped is not None:
         print(f"{PROG}: note: no model card written ({skipped})", file=sys.stderr)
+    extra_files = {METADATA_NAME: json.dumps(provenance, indent=2) + "\n", **({CARD_NAME: card} if card else {})}
+    adapter.save_pretrained(output, dtype=None if args.dtype == "auto" else args.dtype, extra_files=extra_files)
     print(f"internalized {video.num_frames} frames of '{args.video}' in {elapsed:.2f} s -> {output}/ "
           f"(rank {adapter.rank}, {adapter.num_layers} layers)")
     return 0
@@ -323,7 +313,7 @@ def _timed(function, *args, **kwargs) -> tuple[Any, float]:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from .runner import answer_with_adapter, answer_with_video, internalize_video, visual_tokens_per_query
+    from .runner import answer_with_adapter, answer_with_video, visual_tokens_per_query
 
     if args.compare and _is_adapter_dir(args.source):
         raise UsageError("--compare needs the video itself (Base reads it); pass the video file, not an adapter folder")
@@ -334,7 +324,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         print(f"adapter: {args.source}")
     else:
         video = _frames_for(model, args, args.source)
-        adapter, elapsed = _timed(internalize_video, model, video)
+        adapter, elapsed = _timed(model.internalize, video)
         print(f"internalized {video.num_frames} frames of '{args.source}' in {elapsed:.2f} s (once per video)")
     options = {"max_new_tokens": args.max_new_tokens}
     base_tokens = visual_tokens_per_query(model, video) if args.compare else None
@@ -354,7 +344,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .evaluation import exact_match
-    from .runner import answer_with_adapter, answer_with_video, internalize_video, visual_tokens_per_query
+    from .runner import answer_with_adapter, answer_with_video, visual_tokens_per_query
     from .video import write_video
     from .world import CAPTION_PROMPT, generate_clip, split_seeds
 
@@ -368,8 +358,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         # Through a real MP4 file, so the demo exercises the same decode path as a user's video.
         path = Path(directory) / f"world-{seed}.mp4"
         write_video(path, clip.frames, fps=clip.fps)
-        video = _read_video(path, num_frames=model.config.num_frames, max_edge=model.config.frame_size)
-    adapter, elapsed = _timed(internalize_video, model, video)
+        video = _frames_for(model, args, path)
+    adapter, elapsed = _timed(model.internalize, video)
     questions = [CAPTION_PROMPT, *(item.question for item in clip.qa)]
     truths = [clip.caption, *(item.answer for item in clip.qa)]
     options = {"max_new_tokens": args.max_new_tokens}
@@ -419,8 +409,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     records = evaluate(model, rows, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
                        batch_size=args.batch_size, judge=judge, segments=args.segments, compose=args.compose)
     summary = summarize(records, margins=dict(args.margins), num_resamples=args.num_resamples)
-    summary["model"] = _model_reference(args.model)
-    summary["manifest"] = os.path.abspath(args.manifest)
+    # As the user named them, and videos relative to the data root: reports get committed and shared, and a
+    # machine's absolute paths mean nothing elsewhere.
+    summary["model"] = args.model or "embedded default (video2lora-world)"
+    summary["manifest"] = args.manifest
+    data_root = resolve_data_root(args.data_root, args.manifest)
+    for record in records:
+        record["video_path"] = os.path.relpath(record["video_path"], data_root)
     if args.where:
         summary["where"] = dict(args.where)
     if args.segments > 1:

@@ -26,7 +26,7 @@ from modeling_video2lora import AdapterMismatchError, Video2LoRAAdapter, Video2L
 
 from .data import question_type
 from .evaluation import exact_match, judge_prompt, parse_judge_score, token_f1
-from .video import SampledVideo, read_video
+from .video import SampledVideo
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -92,10 +92,10 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, dtype: torch.dt
     return model.eval()
 
 
-def read_row_video(row: Mapping[str, Any], *, num_frames: int, max_edge: int | None) -> SampledVideo:
-    """Sample a manifest row's video, restricted to the row's `span` when it has one."""
+def read_row_video(model: Video2LoRAModel, row: Mapping[str, Any], *, num_frames: int | None = None) -> SampledVideo:
+    """Sample a manifest row's video with the model's processor, restricted to the row's `span` when it has one."""
     start, end = row.get("span") or (None, None)
-    return read_video(row["video_path"], num_frames=num_frames, start=start, end=end, max_edge=max_edge)
+    return model.processor.sample_video(row["video_path"], start=start, end=end, num_frames=num_frames)
 
 
 def group_by_video(rows: Sequence[Mapping[str, Any]]) -> list[tuple[tuple[str, tuple | None], list[Mapping]]]:
@@ -174,11 +174,6 @@ def answer_with_adapter(model: Video2LoRAModel, adapter: Video2LoRAAdapter | Non
     return answers
 
 
-def internalize_video(model: Video2LoRAModel, video: SampledVideo) -> Video2LoRAAdapter:
-    """One adapter from frames already sampled, so that Base and V2L see exactly the same frames."""
-    return model.internalize(video.frames, timestamps=video.timestamps, duration=video.duration)
-
-
 class Judge:
     """
     An optional LLM judge: any local causal LM, prompted with [`video2lora.evaluation.judge_prompt`] and read with
@@ -242,8 +237,7 @@ def internalize_segments(model: Video2LoRAModel, row: Mapping[str, Any], duratio
     """
     start = float((row.get("span") or (0.0, None))[0])
     bounds = [start + duration * i / segments for i in range(segments + 1)]
-    parts = [internalize_video(model, read_video(row["video_path"], num_frames=num_frames, start=begin, end=end,
-                                                 max_edge=model.config.frame_size))
+    parts = [model.internalize(row["video_path"], start=begin, end=end, num_frames=num_frames)
              for begin, end in itertools.pairwise(bounds)]
     return Video2LoRAAdapter.compose(parts, mode=compose)
 
@@ -262,7 +256,7 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
         model: the Video2LoRA model (hypernetwork, frozen base, processor).
         rows: manifest rows (`read_manifest(...).rows`): `id`, absolute `video_path`, `task_type`, `prompt`,
             `target_text`, optional `span` and `metadata.question_type`.
-        num_frames: frames per video; defaults to `model.config.num_frames`.
+        num_frames: frames per video; defaults to the processor's `video_sampling["max_frames"]`.
         max_new_tokens: greedy decoding budget, the same for every system.
         batch_size: questions per `generate` call.
         judge: optional [`Judge`]; adds a `judge` score per system.
@@ -274,14 +268,14 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
     """
     if segments < 1:
         raise ValueError(f"segments must be at least 1, got {segments}.")
-    num_frames = num_frames or model.config.num_frames
+    num_frames = num_frames or model.processor.video_sampling["max_frames"]
     options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
     blind_cache: dict[str, str] = {}
     records: list[dict[str, Any]] = []
     for (_, span), group in tqdm(group_by_video(rows), desc="videos", unit="video", disable=not progress):
-        video = read_row_video(group[0], num_frames=num_frames * segments, max_edge=model.config.frame_size)
+        video = read_row_video(model, group[0], num_frames=num_frames * segments)
         if segments == 1:
-            adapter = internalize_video(model, video)
+            adapter = model.internalize(video)
         else:
             adapter = internalize_segments(model, group[0], video.duration, segments=segments, num_frames=num_frames,
                                            compose=compose)

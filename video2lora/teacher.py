@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ManifestError, read_manifest, resolve_data_root, write_manifest
-from .video import SampledVideo, VideoDecodeError, read_video
+from .video import SampledVideo, VideoDecodeError
 
 __all__ = ["TeacherReport", "generate_teacher_targets", "load_teacher", "main"]
 
@@ -70,7 +70,7 @@ class TeacherReport:
 def load_teacher(model_name_or_path: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
                  device: str | torch.device | None = None):
     """
-    Load the frozen teacher: a SmolVLM folder (or Hub id), or the base of a Video2LoRA checkpoint.
+    Load the frozen teacher: a base folder (or Hub id) of a known family, or the base of a Video2LoRA checkpoint.
 
     Args:
         model_name_or_path (`str` or `os.PathLike`): The SmolVLM or Video2LoRA checkpoint.
@@ -78,13 +78,13 @@ def load_teacher(model_name_or_path: str | os.PathLike, *, dtype: str | torch.dt
         device (`str` or `torch.device`, *optional*): Where to put the base.
 
     Returns:
-        `(SmolVLMForConditionalGeneration, Video2LoRAProcessor, dict)`: the base in eval mode, its processor, and the
-        frame defaults (`num_frames`, `frame_size`) of a Video2LoRA checkpoint (empty for a bare SmolVLM).
+        `(PreTrainedModel, Video2LoRAProcessor)`: the base in eval mode and its processor, whose
+        saved settings sample the frames (a Video2LoRA checkpoint's own processor, or the base's).
     """
-    from transformers import PreTrainedConfig, SmolVLMForConditionalGeneration
+    from transformers import PreTrainedConfig
 
-    from modeling_video2lora import Video2LoRAModel
-    from processing_video2lora import Video2LoRAProcessor
+    from families_video2lora import FAMILIES
+    from modeling_video2lora import Video2LoRAModel, load_base
 
     path = str(model_name_or_path)
     try:
@@ -95,23 +95,17 @@ def load_teacher(model_name_or_path: str | os.PathLike, *, dtype: str | torch.dt
     if model_type == "video2lora":
         model = Video2LoRAModel.from_pretrained(path, dtype=dtype)
         vlm, processor = model.vlm, model.processor
-        defaults = {"num_frames": model.config.num_frames, "frame_size": model.config.frame_size}
-    elif model_type == "smolvlm":
-        vlm = SmolVLMForConditionalGeneration.from_pretrained(path, dtype=dtype)
-        try:
-            processor = Video2LoRAProcessor.from_pretrained(path)
-        except (OSError, ValueError, TypeError) as error:
-            raise ValueError(f"'{path}' has no usable tokenizer / image processor files: {error}") from error
-        defaults = {}
+    elif model_type in FAMILIES:
+        vlm, processor = load_base(path, dtype=dtype)
     else:
-        raise ValueError(f"'{path}' is a '{model_type}' model; the teacher needs a SmolVLM (model_type 'smolvlm') or a "
-                         "Video2LoRA checkpoint (model_type 'video2lora').")
+        raise ValueError(f"'{path}' is a '{model_type}' model; the teacher needs a base of a known family "
+                         f"({', '.join(sorted(FAMILIES))}) or a Video2LoRA checkpoint (model_type 'video2lora').")
     if processor is None:
         raise ValueError(f"No processor found for '{path}'; save the tokenizer and image processor beside the model.")
     if device is not None:
         vlm.to(device)
     vlm.eval()
-    return vlm, processor, defaults
+    return vlm, processor
 
 
 def _part_path(output: Path, rank: int) -> Path:
@@ -177,14 +171,14 @@ def _raw_rows_by_line(manifest: Path) -> dict[int, dict]:
     return rows
 
 
-def _load_video(row: dict, cache: dict, *, num_frames: int, frame_size: int) -> SampledVideo:
+def _load_video(row: dict, cache: dict, processor, *, num_frames: int | None) -> SampledVideo:
     span = row.get("span")
     key = (row["video_path"], tuple(span) if span else None)
     if key not in cache:
         if len(cache) >= _VIDEO_CACHE_SIZE:
             cache.pop(next(iter(cache)))
         start, end = (span[0], span[1]) if span else (None, None)
-        cache[key] = read_video(row["video_path"], num_frames=num_frames, start=start, end=end, max_edge=frame_size)
+        cache[key] = processor.sample_video(row["video_path"], start=start, end=end, num_frames=num_frames)
     return cache[key]
 
 
@@ -242,8 +236,7 @@ def generate_teacher_targets(
     output: str | os.PathLike,
     *,
     data_root: str | os.PathLike | None = None,
-    num_frames: int = 12,
-    frame_size: int = 384,
+    num_frames: int | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 64,
     top_k_logprobs: int = 0,
@@ -264,8 +257,8 @@ def generate_teacher_targets(
         output (`str` or `os.PathLike`): Output manifest. `video_path` values are copied as written, so put it where
             the input's relative paths still resolve (next to the input, or read it with the same `data_root`).
         data_root (`str` or `os.PathLike`, *optional*): Root of relative video paths; see `resolve_data_root`.
-        num_frames (`int`, *optional*, defaults to 12): Frames sampled per video.
-        frame_size (`int`, *optional*, defaults to 384): Longest edge of a sampled frame.
+        num_frames (`int`, *optional*): Overrides the processor's `video_sampling["max_frames"]`; frames are sampled
+            by `processor.sample_video`, like every other door.
         batch_size (`int`, *optional*, defaults to 8): Rows answered per `generate` call.
         max_new_tokens (`int`, *optional*, defaults to 64): Answer length limit.
         top_k_logprobs (`int`, *optional*, defaults to 0): Store the top-k log-probs of every answer token when > 0.
@@ -280,8 +273,8 @@ def generate_teacher_targets(
     Returns:
         [`TeacherReport`].
     """
-    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("num_frames", num_frames),
-                        ("frame_size", frame_size), ("num_processes", num_processes)):
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
+                        ("num_frames", 1 if num_frames is None else num_frames), ("num_processes", num_processes)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}.")
     if top_k_logprobs < 0:
@@ -334,8 +327,10 @@ def generate_teacher_targets(
     if report.num_resumed:
         logger.info(f"Resuming: {report.num_resumed} of this process's {len(mine)} rows are already answered.")
 
-    teacher_meta = {"model": teacher_name, "weights": fingerprint, "num_frames": num_frames,
-                    "frame_size": frame_size, "max_new_tokens": max_new_tokens}
+    sampling = processor.sampling_kwargs(num_frames)
+    teacher_meta = {"model": teacher_name, "weights": fingerprint, "num_frames": sampling["num_frames"],
+                    "frame_size": sampling["max_edge"], "sampling_fps": sampling["fps"],
+                    "max_new_tokens": max_new_tokens}
     video_cache: dict = {}
     bar = tqdm(total=len(pending), desc="teacher", unit="row", disable=not progress or process_index != 0)
     with own_part.open("a", encoding="utf-8") as part:
@@ -343,7 +338,7 @@ def generate_teacher_targets(
             batch, videos = [], []
             for line, raw, resolved in pending[start:start + batch_size]:
                 try:
-                    videos.append(_load_video(resolved, video_cache, num_frames=num_frames, frame_size=frame_size))
+                    videos.append(_load_video(resolved, video_cache, processor, num_frames=num_frames))
                 except (VideoDecodeError, OSError, ValueError) as error:
                     reason = " ".join(str(error).split())
                     logger.warning(f"{manifest}:{line}: skipped: {reason}")
@@ -401,9 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_root", default=None, help="Root of relative video paths (default: the manifest's "
                         "folder, or $VIDEO2LORA_DATA_ROOT).")
     parser.add_argument("--num_frames", type=int, default=None,
-                        help="Frames per video (default: the checkpoint's, else 12).")
-    parser.add_argument("--frame_size", type=int, default=None,
-                        help="Longest frame edge in pixels (default: the checkpoint's, else 384).")
+                        help="Most frames per video (default: the processor's video_sampling max_frames).")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--top_k_logprobs", type=int, default=0,
@@ -426,11 +419,9 @@ def main(argv: Sequence[str] | None = None) -> TeacherReport:
                         level=logging.INFO if state.is_main_process else logging.WARNING)
     try:
         dtype: Any = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-        vlm, processor, defaults = load_teacher(args.model, dtype=dtype, device=state.device)
+        vlm, processor = load_teacher(args.model, dtype=dtype, device=state.device)
         report = generate_teacher_targets(
-            vlm, processor, args.manifest, args.output, data_root=args.data_root,
-            num_frames=args.num_frames or defaults.get("num_frames", 12),
-            frame_size=args.frame_size or defaults.get("frame_size", 384),
+            vlm, processor, args.manifest, args.output, data_root=args.data_root, num_frames=args.num_frames,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, top_k_logprobs=args.top_k_logprobs,
             teacher_name=str(args.model), process_index=state.process_index, num_processes=state.num_processes,
             barrier=state.wait_for_everyone, progress=not args.no_progress,

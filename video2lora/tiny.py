@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMImageProcessorPil
+from transformers import AutoConfig, PreTrainedConfig, PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMImageProcessorPil
 
 from processing_video2lora import Video2LoRAProcessor
 
@@ -45,8 +45,9 @@ def build_tokenizer(corpus: Iterable[str], *, vocab_size: int = 512) -> PreTrain
 def tiny_smolvlm_config(tokenizer: PreTrainedTokenizerFast, *, image_size: int = 64, patch_size: int = 8,
                         scale_factor: int = 2, vision_hidden: int = 32, vision_layers: int = 1,
                         text_hidden: int = 64, text_layers: int = 2, text_heads: int = 4,
-                        text_intermediate: int | None = None) -> SmolVLMConfig:
-    """A small but real SmolVLM config wired to `tokenizer`'s special token ids."""
+                        text_intermediate: int | None = None, model_type: str = "smolvlm") -> PreTrainedConfig:
+    """A small but real SmolVLM config (or another family of the same layout, e.g. `model_type="idefics3"`) wired to
+    `tokenizer`'s special token ids."""
     text_config = {
         "model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": text_hidden,
         "intermediate_size": text_intermediate or 2 * text_hidden, "num_hidden_layers": text_layers,
@@ -58,8 +59,9 @@ def tiny_smolvlm_config(tokenizer: PreTrainedTokenizerFast, *, image_size: int =
         "hidden_size": vision_hidden, "intermediate_size": 2 * vision_hidden, "num_hidden_layers": vision_layers,
         "num_attention_heads": 2, "image_size": image_size, "patch_size": patch_size,
     }
-    return SmolVLMConfig(text_config=text_config, vision_config=vision_config, scale_factor=scale_factor,
-                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE), pad_token_id=tokenizer.pad_token_id)
+    return AutoConfig.for_model(model_type, text_config=text_config, vision_config=vision_config,
+                                scale_factor=scale_factor, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+                                pad_token_id=tokenizer.pad_token_id)
 
 
 def tokens_per_frame(config: SmolVLMConfig) -> int:
@@ -68,10 +70,13 @@ def tokens_per_frame(config: SmolVLMConfig) -> int:
     return (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast, config: SmolVLMConfig) -> Video2LoRAProcessor:
-    """SmolVLM's PIL image processor at the config's frame size, one image per frame, plus the tokenizer."""
+def build_processor(tokenizer: PreTrainedTokenizerFast, config: SmolVLMConfig,
+                    video_sampling: dict | None = None) -> Video2LoRAProcessor:
+    """SmolVLM's PIL image processor at the config's frame size, one image per frame, plus the tokenizer; frames are
+    sampled by `video_sampling` (SmolVLM2's 1 fps, at most 64, by default)."""
     size = config.vision_config.image_size
     image_processor = SmolVLMImageProcessorPil(
         do_image_splitting=False, size={"longest_edge": size}, max_image_size={"longest_edge": size},
     )
-    return Video2LoRAProcessor(image_processor, tokenizer, image_seq_len=tokens_per_frame(config))
+    return Video2LoRAProcessor(image_processor, tokenizer, image_seq_len=tokens_per_frame(config),
+                               video_sampling=video_sampling)

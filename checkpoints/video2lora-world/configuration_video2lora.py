@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from transformers import PreTrainedConfig, SmolVLMConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed top-level modules
+    from .families_video2lora import FAMILIES, family_of
+except ImportError:
+    from families_video2lora import FAMILIES, family_of
 
 # Decoder-layer linear modules that can carry the generated LoRA, with their (in_features, out_features) read off a
 # Llama-style text config. Names are relative to one decoder layer.
@@ -37,7 +42,8 @@ class Video2LoRAConfig(PreTrainedConfig):
 
     Args:
         base_model_name_or_path (`str`, *optional*):
-            Hub id or local folder of the frozen `SmolVLMForConditionalGeneration`, e.g.
+            Hub id or local folder of the frozen base (a `SmolVLMForConditionalGeneration`, or another registered
+            family's model), e.g.
             `"HuggingFaceTB/SmolVLM2-2.2B-Instruct"`. The base is loaded by reference and never copied into the
             hypernetwork checkpoint. A relative path starting with `./` or `../` resolves against the folder the
             hypernetwork is loaded from, so a checkpoint can name a base shipped beside it. When `None`, the base is
@@ -45,9 +51,10 @@ class Video2LoRAConfig(PreTrainedConfig):
             models).
         base_model_revision (`str`, *optional*):
             Revision (branch, tag or commit) of `base_model_name_or_path` on the Hub.
-        base_config (`SmolVLMConfig` or `dict`, *optional*):
-            Architecture of the frozen base. Filled in from the loaded base when missing; required when
-            `base_model_name_or_path` is `None`. The hypernetwork's output shapes are read from its text config.
+        base_config (`PreTrainedConfig` or `dict`, *optional*):
+            Architecture of the frozen base: the config of a registered VLM family (`families_video2lora.py`;
+            `SmolVLMConfig` or `Idefics3Config`), whose `model_type` selects the family. Filled in from the loaded
+            base when missing; required when `base_model_name_or_path` is `None`. The hypernetwork's output shapes are read from its text config.
         lora_r (`int`, *optional*, defaults to 16):
             Rank of the video-dependent part of the adapter, per target module and layer.
         lora_scale (`float`, *optional*):
@@ -90,16 +97,18 @@ class Video2LoRAConfig(PreTrainedConfig):
             published perceiver has none. Turning it on for a trained checkpoint changes nothing until it trains.
         instruction (`str`, *optional*, defaults to `"Internalize this video for later captioning."`):
             Text placed after the frames when the base encodes a video.
-        num_frames (`int`, *optional*, defaults to 12):
-            Frames sampled per video in training; the default for `internalize`.
-        frame_size (`int`, *optional*, defaults to 384):
-            Longest edge of a sampled frame in training; the default for `internalize`.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initializer of the hypernetwork's weights.
+        kl_weight (`float`, *optional*, defaults to 0.0):
+            Weight of `KL(teacher || student)` over the teacher's cached top-k in the training loss of
+            [`Video2LoRAModel.forward`], added to the answers' cross-entropy where the batch carries teacher
+            distributions; 0 trains on the cross-entropy alone. `train_hf.py --kl_weight` sets it, so a checkpoint
+            records the weight it was trained with. Inference never reads it.
     """
 
     model_type = "video2lora"
-    sub_configs_defaults: ClassVar = {"base_config": SubConfigSpec(SmolVLMConfig, optional=True)}
+    # Any registered family's config (its `model_type` picks the class); SmolVLM when none is named.
+    sub_configs_defaults: ClassVar = {"base_config": SubConfigSpec(AutoConfig, model_type="smolvlm", optional=True)}
 
     base_model_name_or_path: str | None = None
     base_model_revision: str | None = None
@@ -119,9 +128,8 @@ class Video2LoRAConfig(PreTrainedConfig):
     use_layer_embedding: bool = False
     use_context_positions: bool = False
     instruction: str = DEFAULT_INSTRUCTION
-    num_frames: int = 12
-    frame_size: int = 384
     initializer_range: float = 0.02
+    kl_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -139,8 +147,6 @@ class Video2LoRAConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 fail(f"`{name}` must be a positive integer, got {value!r}.")
-        if self.num_frames < 1 or self.frame_size < 1:
-            fail(f"`num_frames` and `frame_size` must be positive, got {self.num_frames} and {self.frame_size}.")
         if self.use_context_positions and self.latent_size % 2:
             fail(f"use_context_positions needs an even latent_size (sin/cos pairs), got {self.latent_size}.")
         if self.latent_size % self.num_attention_heads:
@@ -155,10 +161,20 @@ class Video2LoRAConfig(PreTrainedConfig):
             fail(f"unknown target modules {unknown}; choose from {sorted(_TARGET_MODULE_DIMS)}.")
         if self.base_model_name_or_path is None and self.base_config is None:
             fail("give `base_model_name_or_path` (Hub id or folder) or `base_config` (random base, for tests).")
-        if self.base_config is not None and not isinstance(self.base_config, SmolVLMConfig):
-            fail(f"`base_config` must be a SmolVLMConfig, got {type(self.base_config).__name__}.")
+        if self.base_config is not None and getattr(self.base_config, "model_type", None) not in FAMILIES:
+            fail(f"`base_config` must be the config of a known VLM family ({sorted(FAMILIES)}), got "
+                 f"{type(self.base_config).__name__}.")
         if not isinstance(self.instruction, str) or not self.instruction.strip():
             fail("`instruction` must be a non-empty string.")
+        if self.kl_weight < 0:
+            fail(f"`kl_weight` must be >= 0, got {self.kl_weight}.")
+
+    @property
+    def family(self):
+        """The base's [`VLMFamily`]: its model class, decoder-layer path and vision inputs."""
+        if self.base_config is None:
+            raise ValueError("The base architecture is unknown until the base is loaded; load the model first.")
+        return family_of(self.base_config)
 
     @property
     def text_config(self):

@@ -12,38 +12,39 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import sys
+import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from transformers import PreTrainedModel, SmolVLMForConditionalGeneration
+from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import logging
 
 try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed top-level modules
     from .configuration_video2lora import Video2LoRAConfig
+    from .families_video2lora import FAMILIES, SMOLVLM, VLMFamily, family_of
     from .perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from .processing_video2lora import Video2LoRAProcessor
 except ImportError:
     from configuration_video2lora import Video2LoRAConfig
+    from families_video2lora import FAMILIES, SMOLVLM, VLMFamily, family_of
     from perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from processing_video2lora import Video2LoRAProcessor
 
 logger = logging.get_logger(__name__)
 
-# Where the text decoder's layers live inside `SmolVLMForConditionalGeneration`; PEFT keys are built from it.
-DECODER_LAYERS_PATH = "model.text_model.layers"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
-_PEFT_KEY = re.compile(
-    r"^base_model\.model\." + re.escape(DECODER_LAYERS_PATH) + r"\.(\d+)\.(.+)\.lora_([AB])\.weight$"
-)
+# `base_model.model.<decoder layers path>.<i>.<module>.lora_<A|B>.weight`; the path must be a known family's.
+_PEFT_KEY = re.compile(r"^base_model\.model\.(.+)\.(\d+)\.((?:mlp|self_attn)\.\w+)\.lora_([AB])\.weight$")
 
 
 class AdapterMismatchError(ValueError):
@@ -67,8 +68,11 @@ class Video2LoRAAdapter:
         lora_A: per target module (name relative to a decoder layer), `[B, L, r, in_features]`.
         lora_B: per target module, `[B, L, out_features, r]`.
         scale: multiplier of the update `scale * B (A x)`.
-        base_model_name_or_path / base_model_revision: the base the adapter was made for.
+        base_model_name_or_path / base_model_revision: the base the adapter was made for: a Hub id or an absolute
+            folder, what `PeftModel.from_pretrained` and a server resolve from anywhere.
         fingerprint: `base_fingerprint` of that base; checked before the adapter is applied.
+        base_dtype: the base's dtype (e.g. `"bfloat16"`); what `save_pretrained` writes by default.
+        decoder_layers_path: where the base's decoder layers are (its family's); PEFT keys are built from it.
     """
 
     lora_A: dict[str, torch.Tensor]
@@ -78,6 +82,8 @@ class Video2LoRAAdapter:
     base_model_revision: str | None = None
     fingerprint: str | None = None
     metadata: dict = field(default_factory=dict)
+    base_dtype: str | None = None
+    decoder_layers_path: str = SMOLVLM.decoder_layers_path
 
     def __len__(self) -> int:
         return next(iter(self.lora_A.values())).shape[0]
@@ -155,33 +161,54 @@ class Video2LoRAAdapter:
         state_dict = {}
         for name, lora_b in self.scaled_B().items():
             for layer in range(self.num_layers):
-                prefix = f"base_model.model.{DECODER_LAYERS_PATH}.{layer}.{name}"
+                prefix = f"base_model.model.{self.decoder_layers_path}.{layer}.{name}"
                 state_dict[f"{prefix}.lora_A.weight"] = self.lora_A[name][0, layer].contiguous()
                 state_dict[f"{prefix}.lora_B.weight"] = lora_b[0, layer].contiguous()
         names = "|".join(re.escape(name) for name in self.lora_A)
         config = LoraConfig(
             r=self.rank, lora_alpha=self.rank, lora_dropout=0.0, bias="none",
-            target_modules=rf"{re.escape(DECODER_LAYERS_PATH)}\.\d+\.({names})",
+            target_modules=rf"{re.escape(self.decoder_layers_path)}\.\d+\.({names})",
             base_model_name_or_path=self.base_model_name_or_path, revision=self.base_model_revision,
         )
         return config, state_dict
 
-    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        """Write a standard PEFT folder (`adapter_config.json`, `adapter_model.safetensors`) for one adapter."""
+    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | str | None = None, *,
+                        extra_files: dict[str, str] | None = None) -> None:
+        """
+        Write a standard PEFT folder (`adapter_config.json`, `adapter_model.safetensors`) for one adapter.
+
+        The folder appears whole or not at all: everything is written into a temporary sibling, which then replaces
+        `save_directory`. Files are world-readable (0644), like every file PEFT writes, so that a server running as
+        another user can load them.
+
+        Args:
+            save_directory: the adapter folder.
+            dtype: dtype of the saved weights; defaults to the base's (`base_dtype`, bf16 for SmolVLM2).
+            extra_files: more text files to write into the folder, by name (provenance, a model card).
+        """
         from safetensors.torch import save_file
 
         config, state_dict = self.to_peft()
-        if dtype is not None:
-            state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
-        os.makedirs(save_directory, exist_ok=True)
-        config.save_pretrained(save_directory)
+        dtype = dtype if dtype is not None else self.base_dtype or "float32"
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        state_dict = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
         metadata = {"format": "pt", "video2lora_fingerprint": self.fingerprint or "",
                     "video2lora_metadata": json.dumps(self.metadata)}
-        # Write then rename, so an interrupted save never leaves a half-written adapter behind.
-        target = Path(save_directory) / ADAPTER_WEIGHTS_NAME
-        temporary = target.with_suffix(".tmp")
-        save_file({k: v.detach().cpu() for k, v in state_dict.items()}, str(temporary), metadata=metadata)
-        os.replace(temporary, target)
+        target = Path(save_directory).absolute()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+        try:
+            config.save_pretrained(staging)
+            save_file(state_dict, str(staging / ADAPTER_WEIGHTS_NAME), metadata=metadata)
+            for name, text in (extra_files or {}).items():
+                (staging / name).write_text(text, encoding="utf-8")
+            for path in staging.iterdir():
+                path.chmod(0o644)
+            staging.chmod(0o755)  # mkdtemp makes it private
+            _replace_directory(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> Video2LoRAAdapter:
@@ -198,17 +225,22 @@ class Video2LoRAAdapter:
             raise AdapterMismatchError(f"'{directory}' holds a {peft_config.get('peft_type')} adapter, not a LoRA.")
         alpha, rank = peft_config.get("lora_alpha", 1), peft_config.get("r", 1)
         pieces: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+        known_paths = {family.decoder_layers_path for family in FAMILIES.values()}
+        paths = set()
         with safe_open(str(weights), framework="pt") as handle:
             metadata = handle.metadata() or {}
             for key in handle.keys():
                 match = _PEFT_KEY.match(key)
-                if match is None:
+                if match is None or match[1] not in known_paths:
                     raise AdapterMismatchError(
-                        f"'{directory}' has key '{key}', which is not a LoRA on the text decoder of a "
-                        "SmolVLMForConditionalGeneration; it was made for another base model."
+                        f"'{directory}' has key '{key}', which is not a LoRA on the text decoder of a known VLM "
+                        f"family ({sorted(FAMILIES)}); it was made for another base model."
                     )
-                layer, name, which = int(match[1]), match[2], match[3]
+                paths.add(match[1])
+                layer, name, which = int(match[2]), match[3], match[4]
                 pieces.setdefault((name, which), {})[layer] = handle.get_tensor(key)
+        if len(paths) > 1:
+            raise AdapterMismatchError(f"'{directory}' mixes LoRAs of several decoders: {sorted(paths)}.")
         lora_a, lora_b = {}, {}
         for (name, which), by_layer in pieces.items():
             if sorted(by_layer) != list(range(len(by_layer))):
@@ -217,7 +249,9 @@ class Video2LoRAAdapter:
             stacked = torch.stack([by_layer[i] for i in range(len(by_layer))])[None]
             (lora_a if which == "A" else lora_b)[name] = stacked
         extra = json.loads(metadata.get("video2lora_metadata") or "{}")
-        return cls(lora_A=lora_a, lora_B=lora_b, scale=alpha / rank,
+        stored_dtype = str(next(iter(lora_a.values())).dtype).removeprefix("torch.") if lora_a else None
+        return cls(lora_A=lora_a, lora_B=lora_b, scale=alpha / rank, base_dtype=stored_dtype,
+                   decoder_layers_path=paths.pop() if paths else SMOLVLM.decoder_layers_path,
                    base_model_name_or_path=peft_config.get("base_model_name_or_path"),
                    base_model_revision=peft_config.get("revision"),
                    fingerprint=metadata.get("video2lora_fingerprint") or None, metadata=extra)
@@ -227,7 +261,8 @@ class Video2LoRAAdapter:
 class Video2LoRAOutput(ModelOutput):
     """
     Args:
-        loss: cross-entropy of the student (base + generated LoRA, no video) on the labels.
+        loss: the student's loss (base + generated LoRA, no video) on the labels, see [`student_loss`]; only when
+            `labels` are given.
         logits: `[B, S, vocab]` student logits.
         adapter: the adapters generated for the batch.
     """
@@ -235,6 +270,71 @@ class Video2LoRAOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     adapter: Video2LoRAAdapter | None = None
+
+
+def student_loss(logits: torch.Tensor, labels: torch.Tensor, *, teacher_top_ids: torch.Tensor | None = None,
+                 teacher_top_logprobs: torch.Tensor | None = None, teacher_mask: torch.Tensor | None = None,
+                 answer_weights: torch.Tensor | None = None, kl_weight: float = 0.0,
+                 num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """
+    The student's training loss: next-token cross-entropy on the labelled tokens plus `kl_weight` times
+    `KL(teacher || student)` over the teacher's cached top-k, every token weighted by its row's `answer_weights`:
+
+        loss = sum over labelled tokens t of  w_row(t) * (CE_t + kl_weight * KL_t)  /  N
+
+    `N` is `num_items_in_batch` when given, else the number of labelled tokens of this batch. `N` counts tokens, not
+    weights, so weighting some rows up raises their share of the gradient without shrinking everyone else's.
+
+    Args:
+        logits (`torch.Tensor` of shape `[B, S, V]`):
+            Student logits; position `t` predicts token `t + 1`.
+        labels (`torch.Tensor` of shape `[B, S]`):
+            Target ids aligned with the input ids (they are shifted here, as in every causal LM), -100 where ignored.
+            Position 0 is never a target.
+        teacher_top_ids (`torch.Tensor` of shape `[B, S, k]`, *optional*):
+            The teacher's top-k token ids for the label at each position.
+        teacher_top_logprobs (`torch.Tensor` of shape `[B, S, k]`, *optional*):
+            Their log-probs, `-inf` in padded slots; renormalized over the top-k here.
+        teacher_mask (`torch.Tensor` of shape `[B, S]`, *optional*):
+            Positions that have a teacher distribution; the KL is summed over those only.
+        answer_weights (`torch.Tensor` of shape `[B]`, *optional*):
+            Multiplier of every token's loss in each row (both terms).
+        kl_weight (`float`, *optional*, defaults to 0):
+            Weight of the KL term; 0 (or no `teacher_mask`) leaves the plain cross-entropy.
+        num_items_in_batch (`torch.Tensor` or `int`, *optional*):
+            Labelled tokens of every micro-batch (and, with `average_tokens_across_devices`, every process) of one
+            optimizer step, as `Trainer` counts them: the summed loss divided by it accumulates to the gradient of one
+            big batch.
+
+    Returns:
+        `torch.Tensor`: the scalar loss.
+    """
+    # Position t predicts token t + 1.
+    targets = labels[:, 1:]  # [B, S-1]
+    selected = targets != -100  # [B, S-1]
+    logits = logits[:, :-1][selected].float()  # [T, V]: only labelled positions, never a full [B, S, V] float copy
+    token_losses = nn.functional.cross_entropy(logits, targets[selected], reduction="none")  # [T]
+    token_weights = None  # [T]
+    if answer_weights is not None:
+        token_weights = answer_weights.to(logits)[:, None].expand_as(targets)[selected]
+        token_losses = token_losses * token_weights
+    loss_sum = token_losses.sum()
+    if kl_weight > 0 and teacher_mask is not None:
+        has_teacher = teacher_mask[:, 1:][selected]  # [T]
+        student = logits[has_teacher].log_softmax(-1)  # [T', V]
+        ids = teacher_top_ids[:, 1:][selected][has_teacher]  # [T', k]
+        teacher = teacher_top_logprobs[:, 1:][selected][has_teacher].float().log_softmax(-1)  # [T', k]
+        probabilities = teacher.exp()
+        # Padded top-k slots have probability 0; where() keeps 0 * (-inf) from turning into NaN.
+        kl = torch.where(probabilities > 0, probabilities * (teacher - student.gather(-1, ids)), 0.0).sum(-1)  # [T']
+        if token_weights is not None:
+            kl = kl * token_weights[has_teacher]
+        loss_sum = loss_sum + kl_weight * kl.sum()
+    if num_items_in_batch is None:
+        return loss_sum / selected.sum().clamp(min=1)
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss_sum.device)
+    return loss_sum / num_items_in_batch
 
 
 class _ContextCaptured(Exception):
@@ -277,14 +377,15 @@ class Video2LoRAPreTrainedModel(PreTrainedModel):
 
 class Video2LoRAModel(Video2LoRAPreTrainedModel):
     """
-    The frozen SmolVLM2 (`self.vlm`) plus the trainable perceiver hypernetwork (`self.hypernetwork`).
+    The frozen base VLM (`self.vlm`, a SmolVLM2 or another registered family's model, see `families_video2lora.py`)
+    plus the trainable perceiver hypernetwork (`self.hypernetwork`).
 
     The base is referenced, not copied: with `config.base_model_name_or_path` set, checkpoints hold only the
     hypernetwork and `from_pretrained` loads the base by id or folder. With it unset, the base is built from
     `config.base_config` with random weights and saved alongside (tests and tiny models).
     """
 
-    def __init__(self, config: Video2LoRAConfig, vlm: SmolVLMForConditionalGeneration | None = None,
+    def __init__(self, config: Video2LoRAConfig, vlm: PreTrainedModel | None = None,
                  processor: Video2LoRAProcessor | None = None):
         if config.base_config is None and vlm is not None:
             # A copy: model init sets attention settings on its config, which must not leak into the live base.
@@ -295,10 +396,13 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         # Attached after post_init: the hypernetwork's initialization must never touch the base's weights.
         self.vlm = None
         if vlm is None and config.base_model_name_or_path is None:
-            vlm = SmolVLMForConditionalGeneration(config.base_config)
+            vlm = config.family.model_class(config.base_config)
         if vlm is not None:
             self.attach_base(vlm)
         self.processor = processor
+        # Where the base really is, as emitted adapters name it: a Hub id, or an absolute folder (a relative one in
+        # the config resolves against the checkpoint, which means nothing beside an adapter). Set by the loaders.
+        self.base_model_reference = config.base_model_name_or_path
 
     # ---- loading and saving ---------------------------------------------------------------------------------------
 
@@ -308,8 +412,10 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         """A fresh (untrained) hypernetwork for a base given by Hub id or folder."""
         config = Video2LoRAConfig(base_model_name_or_path=str(base_model_name_or_path),
                                   base_model_revision=revision, **config_kwargs)
-        vlm, processor = cls._load_base(config, dtype=dtype)
-        return cls(config, vlm=vlm, processor=processor)
+        vlm, processor, reference = cls._load_base(config, dtype=dtype)
+        model = cls(config, vlm=vlm, processor=processor)
+        model.base_model_reference = reference
+        return model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, base_model=None, processor=None,
@@ -318,14 +424,15 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         Load the hypernetwork, then its frozen base (by id or folder) unless the base was saved alongside.
 
         Args:
-            base_model (`SmolVLMForConditionalGeneration`, *optional*): use this base instead of loading one.
+            base_model (`PreTrainedModel`, *optional*): use this base (of the hypernetwork's family) instead of
+                loading one.
             processor (`Video2LoRAProcessor`, *optional*): use this processor instead of loading one.
         """
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         source = pretrained_model_name_or_path
         if model.vlm is None:
             if base_model is None:
-                base_model, loaded_processor = cls._load_base(
+                base_model, loaded_processor, model.base_model_reference = cls._load_base(
                     model.config, relative_to=source, dtype=kwargs.get("dtype"),
                     device_map=kwargs.get("device_map"),
                 )
@@ -333,7 +440,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             model.attach_base(base_model)
         if processor is None:
             # The tokenizer lookup reads this folder's config.json, whose custom code the caller already trusts.
-            processor = _try_load_processor(source, trust_remote_code=True)
+            processor = _try_load_processor(source, model.config.family, trust_remote_code=True)
         model.processor = processor
         return model
 
@@ -343,15 +450,12 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         if path.startswith(("./", "../")):
             if relative_to is None or not os.path.isdir(relative_to):
                 raise ValueError(f"The base path '{path}' is relative to the hypernetwork folder, which is unknown.")
-            path = os.path.normpath(os.path.join(relative_to, path))
-        logger.info(f"Loading the frozen base from {path}")
-        vlm = SmolVLMForConditionalGeneration.from_pretrained(
-            path, revision=config.base_model_revision, dtype=dtype if dtype is not None else "auto",
-            device_map=device_map,
-        )
-        return vlm, _try_load_processor(path, revision=config.base_model_revision)
+            path = os.path.join(relative_to, path)
+        if os.path.isdir(path):
+            path = os.path.abspath(path)
+        return (*load_base(path, revision=config.base_model_revision, dtype=dtype, device_map=device_map), path)
 
-    def attach_base(self, vlm: SmolVLMForConditionalGeneration) -> None:
+    def attach_base(self, vlm: PreTrainedModel) -> None:
         """Attach and freeze the base. It must match the architecture the hypernetwork was built for."""
         expected = base_fingerprint(self.config.base_config)
         if base_fingerprint(vlm.config) != expected:
@@ -387,15 +491,17 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
     def _decoder_layers(self) -> nn.ModuleList:
         if self.vlm is None:
             raise RuntimeError("No base model is attached; load the model with from_pretrained or from_base.")
-        return self.vlm.get_submodule(DECODER_LAYERS_PATH)
+        return self.config.family.decoder_layers(self.vlm)
 
     # ---- reading a video into an adapter --------------------------------------------------------------------------
 
     def encode_context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                       pixel_values: torch.Tensor | None = None, pixel_attention_mask: torch.Tensor | None = None,
-                       ) -> torch.Tensor:
+                       **vision_inputs: torch.Tensor | None) -> torch.Tensor:
         """
         Run the frozen base over the context and summarize every decoder layer's input: latents `[B, L, n, d]`.
+
+        `vision_inputs` are the family's frame inputs (`pixel_values [B, F, 3, H, W]` and `pixel_attention_mask`
+        for SmolVLM and Idefics3); others are ignored.
 
         Each layer's input `[B, T, h]` is handed to the perceiver encoder from a forward pre-hook as soon as it
         exists and then dropped, so memory stays flat in the number of layers (DESIGN.md §2). The base runs without
@@ -420,8 +526,9 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         try:
             with torch.no_grad():
                 # The inner model, not the LM: the logits over every context position are never needed.
-                self.vlm.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                               pixel_attention_mask=pixel_attention_mask, use_cache=False)
+                names = self.config.family.vision_inputs
+                self.vlm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                               **{name: value for name, value in vision_inputs.items() if name in names})
         except _ContextCaptured:
             pass
         finally:
@@ -430,31 +537,41 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         return torch.stack(latents, dim=1)
 
     def generate_adapter(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                         pixel_values: torch.Tensor | None = None, pixel_attention_mask: torch.Tensor | None = None,
-                         **unused) -> Video2LoRAAdapter:
+                         **vision_inputs: torch.Tensor | None) -> Video2LoRAAdapter:
         """One adapter per video of the batch; the inputs are what the processor returns for frames + instruction."""
-        latents = self.encode_context(input_ids, attention_mask, pixel_values, pixel_attention_mask)
+        latents = self.encode_context(input_ids, attention_mask, **vision_inputs)
         lora = self.hypernetwork.decode(latents)
         return Video2LoRAAdapter(
             lora_A={name: a for name, (a, _) in lora.items()}, lora_B={name: b for name, (_, b) in lora.items()},
-            scale=float(self.config.lora_scale), base_model_name_or_path=self.config.base_model_name_or_path,
+            scale=float(self.config.lora_scale), base_model_name_or_path=self.base_model_reference,
             base_model_revision=self.config.base_model_revision, fingerprint=self.fingerprint,
+            base_dtype=str(self.vlm.dtype).removeprefix("torch."),
+            decoder_layers_path=self.config.family.decoder_layers_path,
         )
 
     @torch.no_grad()
-    def internalize(self, video, *, num_frames: int | None = None, fps: float | None = None,
-                    timestamps: Sequence[float] | None = None, duration: float | None = None,
+    def internalize(self, video, *, start: float | None = None, end: float | None = None,
+                    frame_rate: float | None = None, num_frames: int | None = None,
                     instruction: str | None = None) -> Video2LoRAAdapter:
         """
-        The one-call path: a video file, a uint8 array `[T, H, W, 3]` or a list of PIL images -> one adapter.
+        The one-call path: a video file, a uint8 array `[T, H, W, 3]`, a list of PIL images or a `SampledVideo` -> one
+        adapter.
 
-        Frames are sampled uniformly (the centre of `num_frames` equal bins, default `config.num_frames`); a file is
-        decoded with PyAV through `transformers.video_utils.load_video`. Pass `timestamps` to use the frames as given.
+        Frames are sampled by `self.processor.sample_video`, with the settings saved in the processor (the same
+        sampler the command line, the teacher, the trainer and the evaluation use, so one file gives one adapter).
+
+        Args:
+            video: what to read; a `SampledVideo` is used as it is.
+            start / end: a span of a file, in seconds.
+            frame_rate: the rate of frames in memory (1 per second when `None`).
+            num_frames: overrides the processor's `video_sampling["max_frames"]`.
+            instruction: overrides `config.instruction`.
         """
         processor = self._require_processor()
-        frames, stamps, duration = _sample(video, num_frames or self.config.num_frames, fps, timestamps, duration)
-        inputs = processor.encode_videos([frames], instruction or self.config.instruction, timestamps=[stamps],
-                                         durations=[duration]).to(self.vlm.device)
+        sampled = processor.sample_video(video, start=start, end=end, frame_rate=frame_rate, num_frames=num_frames)
+        inputs = processor.encode_videos([sampled.frames], instruction or self.config.instruction,
+                                         timestamps=[sampled.timestamps], durations=[sampled.duration])
+        inputs = inputs.to(self.vlm.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
         return self.generate_adapter(**inputs).detach()
 
@@ -467,6 +584,11 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 f"The adapter was made for base '{adapter.base_model_name_or_path}' (fingerprint "
                 f"{adapter.fingerprint}), but this model's base is '{self.config.base_model_name_or_path}' "
                 f"({self.fingerprint}). Internalize the video again with this model."
+            )
+        if adapter.decoder_layers_path != self.config.family.decoder_layers_path:
+            raise AdapterMismatchError(
+                f"The adapter targets decoder layers at '{adapter.decoder_layers_path}', but this base "
+                f"({self.config.family.model_class_name}) has them at '{self.config.family.decoder_layers_path}'."
             )
         dims = self.config.target_module_dims()
         for name, lora_a in adapter.lora_A.items():
@@ -500,31 +622,51 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             for handle in handles:
                 handle.remove()
 
+    # `forward` takes `num_items_in_batch`: Trainer then counts the labelled tokens of each optimizer step, passes the
+    # count in and uses the returned loss as already scaled for gradient accumulation.
+    accepts_loss_kwargs = True
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, context_input_ids: torch.Tensor | None = None,
                 context_attention_mask: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                 pixel_attention_mask: torch.Tensor | None = None, adapter: Video2LoRAAdapter | None = None,
-                adapter_index: torch.Tensor | None = None, **loss_kwargs) -> Video2LoRAOutput:
+                adapter_index: torch.Tensor | None = None, teacher_top_ids: torch.Tensor | None = None,
+                teacher_top_logprobs: torch.Tensor | None = None, teacher_mask: torch.Tensor | None = None,
+                answer_weights: torch.Tensor | None = None,
+                num_items_in_batch: torch.Tensor | int | None = None) -> Video2LoRAOutput:
         """
         Training forward: generate one adapter per context (video + instruction), then run the student (the base
-        plus each row's adapter, no video) on `input_ids` in one batched pass.
+        plus each row's adapter, no video) on `input_ids` in one batched pass. With `labels`, the loss is
+        [`student_loss`], with `config.kl_weight` as the weight of its KL term.
 
         Args:
             input_ids, attention_mask, labels: the student's text `[B, S]`; labels use -100 for ignored positions.
             context_*: the processor's output for the videos, `[V, T]` plus pixels `[V, F, 3, H, W]`.
             adapter: adapters already generated (skips the context inputs).
             adapter_index: `[B]` which video each text row belongs to, so one video can serve many questions.
-            loss_kwargs: passed to the LM loss (e.g. `num_items_in_batch` for gradient accumulation).
+            teacher_top_ids, teacher_top_logprobs: `[B, S, k]` the teacher's top-k at each labelled position.
+            teacher_mask: `[B, S]` positions that have a teacher distribution.
+            answer_weights: `[B]` loss weight of every token of each row; the normalizer stays the token count.
+            num_items_in_batch: labelled tokens of the whole optimizer step (gradient accumulation, processes);
+                without it the loss is the mean over this batch's labelled tokens.
         """
         if adapter is None:
             if context_input_ids is None:
                 raise ValueError("forward needs the video context (`context_input_ids`, ...) or an `adapter`.")
-            adapter = self.generate_adapter(context_input_ids, context_attention_mask, pixel_values,
-                                            pixel_attention_mask)
+            if pixel_values is not None:
+                pixel_values = pixel_values.to(self.vlm.dtype)  # collators build float32 pixels; the base may be bf16
+            adapter = self.generate_adapter(context_input_ids, context_attention_mask, pixel_values=pixel_values,
+                                            pixel_attention_mask=pixel_attention_mask)
         rows = adapter if adapter_index is None else adapter[adapter_index]
         with self.apply_adapter(rows):
-            outputs = self.vlm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **loss_kwargs)
-        return Video2LoRAOutput(loss=outputs.loss, logits=outputs.logits, adapter=adapter)
+            logits = self.vlm(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, S, V]
+        loss = None
+        if labels is not None:
+            loss = student_loss(logits, labels, teacher_top_ids=teacher_top_ids,
+                                teacher_top_logprobs=teacher_top_logprobs, teacher_mask=teacher_mask,
+                                answer_weights=answer_weights, kl_weight=self.config.kl_weight,
+                                num_items_in_batch=num_items_in_batch)
+        return Video2LoRAOutput(loss=loss, logits=logits, adapter=adapter)
 
     @torch.no_grad()
     def answer(self, adapter: Video2LoRAAdapter | None, question: str | Sequence[str],
@@ -612,6 +754,24 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         return self.processor
 
 
+def _replace_directory(new: Path, target: Path) -> None:
+    """Move the finished folder `new` to `target`. Renames are atomic, so a reader sees the old folder or the new one,
+    never a mix; a folder already at `target` is moved aside first (POSIX cannot rename over a non-empty one)."""
+    try:
+        os.rename(new, target)
+        return
+    except OSError:
+        if not target.is_dir():
+            raise
+    aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    os.rename(target, aside / target.name)
+    try:
+        os.rename(new, target)
+    except OSError:  # another writer got there first: its complete folder stays
+        shutil.rmtree(new, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 class _LoraDelta:
     """Forward hook adding `B (A x)` per batch row to a linear layer's output."""
 
@@ -636,36 +796,33 @@ class _LoraDelta:
         return torch.baddbmm(output, torch.bmm(x, lora_a_t), lora_b_t)  # output + (x A^T) B^T
 
 
-def _sample(video, num_frames: int, fps: float | None, timestamps, duration):
-    """Frames `[N, H, W, 3]` uint8, their timestamps and the clip duration, from a path, an array or PIL images."""
-    if isinstance(video, (str, os.PathLike)):
-        from transformers.video_utils import load_video
+def load_base(name_or_path: str | os.PathLike, *, revision: str | None = None, dtype: torch.dtype | str | None = None,
+              device_map=None) -> tuple[PreTrainedModel, Video2LoRAProcessor | None]:
+    """
+    Load a frozen base by Hub id or folder through its family (`families_video2lora.py`): the family's model class
+    and processor, picked by the folder's `model_type`.
 
-        def centre_of_bins(metadata, **_):
-            total = max(int(metadata.total_num_frames), 1)
-            count = min(num_frames, total)
-            return ((np.arange(count) + 0.5) * total / count).astype(int)
+    Returns:
+        `(model, processor)`; the processor is `None` when the folder has no tokenizer and image processor files.
 
-        frames, metadata = load_video(str(video), backend="pyav", sample_indices_fn=centre_of_bins)
-        return frames, [float(t) for t in metadata.timestamps], metadata.duration
-    frames = np.stack([np.asarray(image.convert("RGB")) for image in video]) if isinstance(video, list) else video
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] == 0:
-        raise ValueError(f"A video array must be uint8 [T, H, W, 3] with T >= 1; got {frames.dtype} {frames.shape}.")
-    if timestamps is not None:
-        if len(timestamps) != len(frames):
-            raise ValueError(f"Got {len(frames)} frames but {len(timestamps)} timestamps.")
-        return frames, [float(t) for t in timestamps], duration
-    fps = fps or 1.0
-    count = min(num_frames, len(frames))
-    indices = ((np.arange(count) + 0.5) * len(frames) / count).astype(int)
-    return frames[indices], [float(i / fps) for i in indices], duration if duration is not None else len(frames) / fps
+    Raises:
+        `ValueError`: the folder's `model_type` is not a registered family.
+    """
+    path = os.fspath(name_or_path)
+    logger.info(f"Loading the frozen base from {path}")
+    base_config = AutoConfig.from_pretrained(path, revision=revision)
+    family = family_of(base_config)
+    vlm = family.model_class.from_pretrained(path, config=base_config, revision=revision,
+                                             dtype=dtype if dtype is not None else "auto", device_map=device_map)
+    return vlm, _try_load_processor(path, family, revision=revision)
 
 
-def _try_load_processor(path, revision: str | None = None, trust_remote_code: bool = False):
-    """The processor saved with a checkpoint, if there is one (tokenizer plus image processor files)."""
+def _try_load_processor(path, family: VLMFamily, revision: str | None = None, trust_remote_code: bool = False):
+    """The family's processor saved with a checkpoint or base, if there is one (tokenizer plus image processor)."""
+    # Processors live beside Video2LoRAProcessor, so a family names its class there.
+    processor_class = getattr(sys.modules[Video2LoRAProcessor.__module__], family.processor_class_name)
     try:
-        return Video2LoRAProcessor.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
+        return processor_class.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as error:
         logger.info(f"No processor loaded from {path}: {error}")
         return None
@@ -675,4 +832,4 @@ Video2LoRAConfig.register_for_auto_class()
 Video2LoRAModel.register_for_auto_class("AutoModel")
 
 __all__ = ["Video2LoRAAdapter", "Video2LoRAModel", "Video2LoRAPreTrainedModel", "Video2LoRAOutput",
-           "AdapterMismatchError"]
+           "AdapterMismatchError", "load_base"]

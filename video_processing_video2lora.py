@@ -1,0 +1,440 @@
+"""The one frame sampler: a video file, a `[T, H, W, 3]` array or a list of PIL images in, sampled frames out.
+
+Every door into Video2LoRA (`Video2LoRAModel.internalize`, the `video2lora` command line, the teacher, the trainer's
+data and the evaluation) calls [`sample_video`], usually through `Video2LoRAProcessor.sample_video`, which fills in the
+settings saved with the processor. One file therefore always gives the same frames, and so the same adapter.
+
+Which frames are kept:
+- **`fps` set (SmolVLM2's rule, the default for a real base).** The count is `round(fps * duration)`, at least 1 and
+  at most `num_frames`; the indices are `linspace(first, last, count)` over the clip's frames, where `first` and
+  `last` skip `skip_secs` at both ends when the clip is long enough. This is `SmolVLMVideoProcessor.sample_frames`
+  (transformers 5.24) applied to the clip's frame count and rate, so a video gives the indices SmolVLM2 would take.
+- **`fps=None` (exactly `num_frames`, uniform in time).** The span is cut into `num_frames` equal bins and the frame
+  on screen at the centre of each bin is kept. Centres keep the first and last frames symmetric and never land on the
+  span's end, which belongs to the next clip. The embedded default samples this way.
+- Either way, a span holding no more frames than the rule asks for returns each of its frames once.
+
+Frames are decoded with PyAV sequentially (no seeking, which is frame-inaccurate in many containers) and only the
+sampled ones are kept, so memory stays flat in the clip's length. Timestamps are read from the container's
+presentation timestamps, never guessed from a frame rate, and are seconds from the start of the sampled span, which
+is what SmolVLM2's "Frame from MM:SS" prompt lines describe. Frames are resized so their longest edge is at most
+`max_edge` (the base's vision resolution), keeping the aspect ratio and never upscaling.
+
+This is a Hub file: it imports only torch, transformers, their own dependencies (numpy, Pillow, and PyAV, the decoder
+transformers itself uses for video), its sibling Hub files and the standard library.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import PIL.Image
+
+__all__ = ["SampledVideo", "VideoDecodeError", "check_sampling", "sample_indices", "sample_video"]
+
+_RESAMPLE = PIL.Image.Resampling.BICUBIC
+
+_GENERIC_HINT = (
+    "check that the file plays (e.g. `ffprobe FILE`) or re-encode it (`ffmpeg -i FILE -c:v libx264 out.mp4`)"
+)
+
+
+class VideoDecodeError(ValueError):
+    """Raised for every video that cannot be read, whatever the cause.
+
+    The message is one line: `cannot read video '<path>': <reason>; <hint>`.
+
+    Args:
+        path (`str`): The video's path as the caller gave it.
+        reason (`str`): What is wrong with the file.
+        hint (`str`, *optional*): What to do about it; a generic suggestion when omitted.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str, hint: str | None = None):
+        self.path = os.fspath(path)
+        # FFmpeg messages occasionally carry newlines; the message must stay on one line for logs and manifests.
+        self.reason = " ".join(str(reason).split())
+        self.hint = hint if hint is not None else _GENERIC_HINT
+        super().__init__(f"cannot read video '{self.path}': {self.reason}; {self.hint}")
+
+    def __reduce__(self):
+        # Exceptions are pickled when they cross process boundaries (DataLoader workers, `datasets.map(num_proc=...)`);
+        # the default reduce would call __init__ with the message alone.
+        return type(self), (self.path, self.reason, self.hint)
+
+
+@dataclass(frozen=True)
+class SampledVideo:
+    """Frames sampled from one clip.
+
+    Args:
+        frames (`np.ndarray`): `[N, H, W, 3]` uint8 RGB frames, in presentation order.
+        timestamps (`list[float]`): For each frame, the second (from the start of the sampled span) at which it is on
+            screen; non-decreasing and within `[0, duration)`.
+        duration (`float`): Length in seconds of the whole clip, or of the span when `start`/`end` were given.
+        path (`str`, *optional*): The file the frames were read from; `None` for frames that came from memory.
+    """
+
+    frames: np.ndarray
+    timestamps: list[float]
+    duration: float
+    path: str | None
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.timestamps)
+
+
+# ---- the sampling rule ----------------------------------------------------------------------------------------------
+
+
+def check_sampling(num_frames: int, fps: float | None, skip_secs: float, max_edge: int | None) -> None:
+    """Raise `ValueError` naming the first sampling setting that is out of range."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps)
+                            or fps <= 0):
+        raise ValueError(f"fps (frames sampled per second) must be a positive number or None, got {fps!r}")
+    if not isinstance(skip_secs, (int, float)) or skip_secs < 0:
+        raise ValueError(f"skip_secs must be a number >= 0, got {skip_secs!r}")
+    if max_edge is not None and (
+        isinstance(max_edge, bool) or not isinstance(max_edge, (int, np.integer)) or max_edge < 1
+    ):
+        raise ValueError(f"max_edge must be a positive integer or None, got {max_edge!r}")
+
+
+def sample_indices(total_frames: int, frame_rate: float, *, num_frames: int, fps: float | None = None,
+                   skip_secs: float = 1.0) -> list[int]:
+    """
+    Indices of the frames to keep out of `total_frames` frames shown at `frame_rate` per second (see the module
+    docstring for the two rules).
+
+    Args:
+        total_frames (`int`): Frames in the clip (or span).
+        frame_rate (`float`): The clip's own frame rate.
+        num_frames (`int`): Most frames to keep; exactly this many (or all) when `fps` is `None`.
+        fps (`float`, *optional*): Frames to keep per second of video, SmolVLM2's rule; `None` keeps `num_frames`.
+        skip_secs (`float`, *optional*, defaults to 1): Seconds skipped at both ends of a long clip when `fps` is set.
+
+    Returns:
+        `list[int]`: Increasing, distinct indices in `[0, total_frames)`.
+    """
+    if total_frames < 1:
+        return []
+    if fps is None:
+        if total_frames <= num_frames:
+            return list(range(total_frames))
+        # Frame i covers [i, i + 1) in frame periods, so the frame on screen at bin centre c is floor(c).
+        return [math.floor((index + 0.5) * total_frames / num_frames) for index in range(num_frames)]
+    duration = total_frames / frame_rate
+    count = max(min(int(round(fps * duration)), num_frames), 1)
+    first, last = 0, total_frames - 1
+    if skip_secs > 0 and duration - 2 * skip_secs > num_frames * fps:
+        first, last = int(skip_secs * frame_rate), int(total_frames - skip_secs * frame_rate)
+    first, last = max(0, first), min(last, total_frames - 1)
+    if first >= last:
+        first, last = 0, total_frames - 1
+    return sorted({int(index) for index in np.linspace(first, last, count, dtype=int)})
+
+
+def _fitted_size(width: int, height: int, max_edge: int | None) -> tuple[int, int]:
+    """`(width, height)` scaled so the longest edge is at most `max_edge`, keeping aspect ratio, never upscaling."""
+    if max_edge is None or max(width, height) <= max_edge:
+        return width, height
+    scale = max_edge / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _to_array(image: PIL.Image.Image, size: tuple[int, int]) -> np.ndarray:
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != size:
+        image = image.resize(size, resample=_RESAMPLE)
+    return np.asarray(image, dtype=np.uint8)
+
+
+# ---- the one entry point ----------------------------------------------------------------------------------------------
+
+
+def sample_video(
+    video: str | os.PathLike | np.ndarray | Sequence[PIL.Image.Image],
+    *,
+    num_frames: int = 12,
+    fps: float | None = None,
+    skip_secs: float = 1.0,
+    max_edge: int | None = 384,
+    start: float | None = None,
+    end: float | None = None,
+    frame_rate: float | None = None,
+) -> SampledVideo:
+    """Sample and resize frames from a video file, a `[T, H, W, 3]` uint8 array or a list of PIL images.
+
+    Args:
+        video: A file (any container/codec FFmpeg reads: MP4, WebM, MKV, ...), an RGB uint8 array, or PIL images of
+            one size.
+        num_frames (`int`, *optional*, defaults to 12): Most frames to keep (exactly this many when `fps` is `None`).
+        fps (`float`, *optional*): Frames kept per second of video (SmolVLM2's rule); `None` keeps `num_frames`
+            uniformly in time.
+        skip_secs (`float`, *optional*, defaults to 1): With `fps`, seconds skipped at both ends of a long clip.
+        max_edge (`int`, *optional*, defaults to 384): Resize so the longest edge is at most this many pixels.
+        start / end (`float`, *optional*): A span of a file, in seconds from its first frame (`end` exclusive and
+            clamped to the clip). Frames in memory are cut by the caller.
+        frame_rate (`float`, *optional*): For frames in memory, their rate (frame `i` is on screen from
+            `i / frame_rate` s); 1 when `None`. A file's rate comes from its timestamps.
+
+    Returns:
+        [`SampledVideo`]: The frames, their timestamps (seconds from the span start), the span's duration and the path.
+
+    Raises:
+        `ValueError`: Invalid arguments or frames in memory of the wrong shape or type.
+        [`VideoDecodeError`]: The file is missing, empty, not a video, truncated, has no video stream or no decodable
+            frame.
+    """
+    check_sampling(num_frames, fps, skip_secs, max_edge)
+    rule = {"num_frames": num_frames, "fps": fps, "skip_secs": skip_secs}
+    if isinstance(video, (str, os.PathLike)):
+        if frame_rate is not None:
+            raise ValueError("frame_rate is for frames in memory; a file's rate comes from its timestamps")
+        return _sample_file(os.fspath(video), rule, max_edge, start, end)
+    if start is not None or end is not None:
+        raise ValueError("start/end cut a video file; slice frames in memory before passing them")
+    return _sample_in_memory(video, rule, max_edge, frame_rate)
+
+
+def _sample_in_memory(frames, rule: dict, max_edge: int | None, frame_rate: float | None) -> SampledVideo:
+    frame_rate = 1.0 if frame_rate is None else float(frame_rate)
+    if not math.isfinite(frame_rate) or frame_rate <= 0:
+        raise ValueError(f"frame_rate must be a positive number, got {frame_rate}")
+    if isinstance(frames, np.ndarray):
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be a [T, H, W, 3] RGB array, got shape {tuple(frames.shape)}")
+        if frames.dtype != np.uint8:
+            raise ValueError(
+                f"frames must have dtype uint8 (values 0-255), got {frames.dtype}; convert floats in [0, 1] with "
+                "`(frames * 255).round().astype(np.uint8)`"
+            )
+        num_total, height, width = frames.shape[:3]
+        if num_total == 0 or height == 0 or width == 0:
+            raise ValueError(f"frames must hold at least one non-empty frame, got shape {tuple(frames.shape)}")
+
+        def image_at(index: int) -> PIL.Image.Image:
+            return PIL.Image.fromarray(frames[index], mode="RGB")
+
+    else:
+        images = list(frames)
+        if not images:
+            raise ValueError("frames is empty: pass at least one frame")
+        for index, image in enumerate(images):
+            if not isinstance(image, PIL.Image.Image):
+                raise ValueError(
+                    f"frames must be a [T, H, W, 3] uint8 array or a sequence of PIL images; item {index} is a "
+                    f"{type(image).__name__}"
+                )
+        sizes = {image.size for image in images}
+        if len(sizes) > 1:
+            raise ValueError(f"all PIL images must have the same size, got sizes {sorted(sizes)}")
+        num_total = len(images)
+        width, height = images[0].size
+
+        def image_at(index: int) -> PIL.Image.Image:
+            return images[index]
+
+    indices = sample_indices(num_total, frame_rate, **rule)
+    size = _fitted_size(width, height, max_edge)
+    return SampledVideo(
+        frames=np.stack([_to_array(image_at(index), size) for index in indices]),
+        timestamps=[index / frame_rate for index in indices],
+        duration=num_total / frame_rate,
+        path=None,
+    )
+
+
+# ---- files ------------------------------------------------------------------------------------------------------------
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError as error:  # transformers' own video loading needs it too
+        raise ImportError("Reading a video file needs PyAV: `pip install av`.") from error
+    return av
+
+
+def _ffmpeg_reason(error) -> str:
+    # `str(error)` repeats the filename and errno; the strerror alone reads better after "cannot read video '...'".
+    return error.strerror or str(error)
+
+
+def _open_container(path: str):
+    av = _import_av()
+    try:
+        return av.open(path, mode="r")
+    except av.FFmpegError as error:
+        raise VideoDecodeError(
+            path,
+            f"FFmpeg cannot open it as a video ({_ffmpeg_reason(error)}); it may be truncated or not a video at all",
+        ) from error
+
+
+def _probe(path: str, container, stream) -> tuple[float, float, int]:
+    """Demux (without decoding) the video stream once: where its frames start and end, in seconds, and how many
+    packets (frames) it holds.
+
+    Container metadata cannot be trusted for this: Matroska/WebM often lack a per-stream duration and frame count,
+    and the container duration includes audio. Demuxing reads the packets' own timestamps at a fraction of the cost
+    of decoding, and keeps only a running min/max so memory stays flat.
+    """
+    first_pts: int | None = None
+    end_pts: int | None = None
+    num_packets = 0
+    for packet in container.demux(stream):
+        if packet.pts is None:  # the demuxer's final empty flush packet, or a stream without timestamps
+            continue
+        num_packets += 1
+        packet_end = packet.pts + (packet.duration or 0)
+        first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
+        end_pts = packet_end if end_pts is None else max(end_pts, packet_end)
+    if first_pts is None or end_pts is None:
+        raise VideoDecodeError(path, "the video stream contains no frames (no timestamped packets)")
+    # MP4 stores a frame index up front; fewer packets than indexed means the file was cut short (e.g. a partial
+    # download of a "faststart" MP4, which opens fine and would otherwise silently yield a prefix).
+    if stream.frames and num_packets < stream.frames:
+        raise VideoDecodeError(
+            path,
+            f"file is truncated: its index lists {stream.frames} frames but only {num_packets} are present",
+            "re-download or re-encode the file",
+        )
+    start, end = float(first_pts * stream.time_base), float(end_pts * stream.time_base)
+    if end <= start:
+        # Packets without durations (a single frame, or some raw streams): the last frame lasts one frame period.
+        rate = stream.average_rate or stream.guessed_rate or Fraction(1)
+        end = start + float(1 / rate)
+    return start, end, num_packets
+
+
+def _sample_file(path: str, rule: dict, max_edge: int | None, start: float | None, end: float | None) -> SampledVideo:
+    if start is not None and start < 0:
+        raise ValueError(f"start must be >= 0 seconds, got {start}")
+    if end is not None and end <= (start or 0.0):
+        raise ValueError(f"the span must satisfy start < end, got start={start} and end={end}")
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "file does not exist", "check the path")
+    if os.path.isdir(path):
+        raise VideoDecodeError(path, "path is a directory, not a file", "point to the video file itself")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "file is empty (0 bytes)", "re-download or re-encode the file")
+
+    av = _import_av()
+    with _open_container(path) as container:
+        if not container.streams.video:
+            kinds = ", ".join(stream.type for stream in container.streams) or "none"
+            raise VideoDecodeError(
+                path, f"the container has no video stream (streams: {kinds})", "pass a file that contains video"
+            )
+        try:
+            clip_start, clip_end, num_packets = _probe(path, container, container.streams.video[0])
+        except av.FFmpegError as error:
+            raise VideoDecodeError(path, f"demuxing failed ({_ffmpeg_reason(error)})") from error
+
+    clip_duration = clip_end - clip_start
+    span_start = 0.0 if start is None else float(start)
+    span_end = clip_duration if end is None else min(float(end), clip_duration)
+    if span_start >= clip_duration:
+        raise ValueError(f"span start {span_start:.3f} s is at or past the end of '{path}' ({clip_duration:.3f} s long)")
+    if rule["fps"] is None:
+        # Bin centres over the span, in seconds: exact for variable frame rates too.
+        width = (span_end - span_start) / rule["num_frames"]
+        targets = [span_start + (index + 0.5) * width for index in range(rule["num_frames"])]
+    else:
+        # SmolVLM2's rule picks frame indices within the span; decoding keeps the frame on screen at each index's
+        # centre, which is that frame itself at a constant rate.
+        frame_rate = num_packets / clip_duration
+        span_frames = max(1, round((span_end - span_start) * frame_rate))
+        targets = [span_start + (index + 0.5) / frame_rate for index in sample_indices(span_frames, frame_rate, **rule)]
+    keep_all_up_to = len(targets)
+
+    # Second pass, decoding. Reopening rather than seeking back keeps the decode strictly sequential.
+    with _open_container(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            times, frames = _decode_at(container, stream, clip_start, span_start, span_end, targets, keep_all_up_to,
+                                       max_edge)
+        except av.FFmpegError as error:
+            raise VideoDecodeError(path, f"decoding failed ({_ffmpeg_reason(error)})") from error
+
+    if not frames:
+        where = "in the file" if start is None and end is None else f"in the span [{span_start}, {span_end})"
+        raise VideoDecodeError(path, f"no frame could be decoded {where}")
+    # Frames shown before the span starts are on screen at its start; report them at the span start.
+    timestamps = [max(time, span_start) - span_start for time in times]
+    return SampledVideo(frames=np.stack(frames), timestamps=timestamps, duration=span_end - span_start, path=path)
+
+
+def _decode_at(container, stream, clip_start: float, span_start: float, span_end: float, targets: list[float],
+               keep_all_up_to: int, max_edge: int | None) -> tuple[list[float], list[np.ndarray]]:
+    """Decode sequentially, keeping the frame on screen at each target time, or every frame of a span that holds at
+    most `keep_all_up_to` of them.
+
+    A frame is on screen from its own timestamp until the next frame's, so a frame's fate is decided when the next
+    one arrives (or the stream ends). Returns the kept frames' times (seconds from the clip start) and arrays.
+    """
+    next_target = 0
+    sampled_times: list[float] = []
+    sampled_frames: list[np.ndarray] = []
+    # Every frame on screen during the span, while there are at most `keep_all_up_to` of them; then dropped (None),
+    # so memory stays bounded. This guarantees "all frames, once each" for short spans even with variable frame
+    # rates, where target times could skip a brief frame.
+    span_times: list[float] | None = []
+    span_frames: list[np.ndarray] | None = []
+    output_size: tuple[int, int] | None = None
+
+    previous_time: float | None = None
+    previous_frame = None
+
+    def close_previous(next_time: float) -> None:
+        """Decide the fate of the previous frame, which is on screen during `[previous_time, next_time)`."""
+        nonlocal next_target, span_times, span_frames, output_size
+        hits_target = False
+        while next_target < len(targets) and targets[next_target] < next_time:
+            hits_target = True
+            next_target += 1
+        on_screen_in_span = previous_time < span_end and next_time > span_start
+        if not (hits_target or (on_screen_in_span and span_frames is not None)):
+            return
+        if output_size is None:
+            # Fixed from the first kept frame so every frame has the same size even if the stream changes resolution.
+            output_size = _fitted_size(previous_frame.width, previous_frame.height, max_edge)
+        array = _to_array(previous_frame.to_image(), output_size)
+        if hits_target:
+            sampled_times.append(previous_time)
+            sampled_frames.append(array)
+        if on_screen_in_span and span_frames is not None:
+            span_times.append(previous_time)
+            span_frames.append(array)
+            if len(span_frames) > keep_all_up_to:
+                span_times = span_frames = None
+
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        time = float(frame.pts * stream.time_base) - clip_start
+        if previous_frame is not None:
+            close_previous(time)
+        if time >= span_end:
+            # Nothing from here on is on screen during the span: stop decoding early.
+            previous_frame = None
+            break
+        previous_time, previous_frame = time, frame
+    if previous_frame is not None:
+        # The last decoded frame stays on screen until the clip ends.
+        close_previous(math.inf)
+
+    if span_frames:
+        return span_times, span_frames
+    return sampled_times, sampled_frames
