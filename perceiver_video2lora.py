@@ -3,7 +3,7 @@
 This is a Hub file: it imports only torch, its sibling Hub files and the standard library (no einops, so the
 shapes live in comments).
 
-Shapes (DESIGN.md §3): `B` videos, `L` decoder layers, `T` context positions, `h` VLM hidden size, `d` latent size,
+Shapes (docs/design.md §3): `B` videos, `L` decoder layers, `T` context positions, `h` VLM hidden size, `d` latent size,
 `n` latent queries, `M` target modules per layer, `r` LoRA rank.
 """
 

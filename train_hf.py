@@ -1,4 +1,4 @@
-"""Train the Video2LoRA hypernetwork with the 🤗 Trainer (DESIGN.md §5).
+"""Train the Video2LoRA hypernetwork with the 🤗 Trainer (docs/design.md §5).
 
 ```
 python train_hf.py --base_model_name_or_path HuggingFaceTB/SmolVLM2-500M-Video-Instruct \
@@ -48,7 +48,7 @@ from video2lora.video import VideoDecodeError, sample_video
 
 logger = hf_logging.get_logger(__name__)
 
-# DESIGN.md §5: AdamW, lr 1e-4, weight decay 0.01, cosine with 3% warm-up (a float `warmup_steps` < 1 is a ratio in
+# docs/design.md §5: AdamW, lr 1e-4, weight decay 0.01, cosine with 3% warm-up (a float `warmup_steps` < 1 is a ratio in
 # transformers v5), clipping at 1.0. Applied as parser defaults, so any flag still overrides them.
 TRAINING_DEFAULTS = {
     "learning_rate": 1e-4, "weight_decay": 0.01, "lr_scheduler_type": "cosine", "warmup_steps": 0.03,

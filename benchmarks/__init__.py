@@ -1,1 +1,1 @@
-"""Efficiency benchmarks of Video2LoRA (DESIGN.md §7); run each module with `python -m benchmarks.<name> --help`."""
+"""Efficiency benchmarks of Video2LoRA (docs/design.md §7); run each module with `python -m benchmarks.<name> --help`."""

@@ -1,4 +1,4 @@
-"""Adapter overhead (DESIGN.md §7, physical limit): a V2L query against the bare base on the same text.
+"""Adapter overhead (docs/design.md §7, physical limit): a V2L query against the bare base on the same text.
 
 A V2L query is a text-only query plus the LoRA matmuls, about `2 r (I + h)` FLOPs per token per layer against the
 layer's `~2 x (attention + 3 h I)`: around 1% at SmolVLM2 sizes. So the query TTFT with the adapter's hooks should sit

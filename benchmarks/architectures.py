@@ -33,7 +33,7 @@ SMOLVLM2_2B = dict(
 )
 REAL_ARCHITECTURES = {"500m": SMOLVLM2_500M, "2.2b": SMOLVLM2_2B}
 
-# The shape of the embedded default (DESIGN.md §8, the recipe that works): used with random weights when the trained
+# The shape of the embedded default (docs/design.md §8, the recipe that works): used with random weights when the trained
 # checkpoint is not on disk yet, so that the tiny benchmark times the same computation either way.
 TINY_WORLD_VISION = dict(image_size=64, patch_size=4, scale_factor=4, vision_hidden=64, vision_layers=2,
                          text_hidden=128, text_layers=4, text_heads=4)

@@ -130,7 +130,7 @@ def load_model(name: str, image_size: int | None = None, seed: int = 0) -> Bench
         vision = {**TINY_WORLD_VISION, **({"image_size": image_size} if image_size else {})}
         config = tiny_smolvlm_config(tokenizer, **vision)
         return _random_model(name, config, tokenizer, TINY_WORLD_HYPERNETWORK,
-                             f"{RANDOM_WEIGHTS_NOTE} ({TINY_CHECKPOINT} not found; same shape as DESIGN.md §8)")
+                             f"{RANDOM_WEIGHTS_NOTE} ({TINY_CHECKPOINT} not found; same shape as docs/design.md §8)")
     if name == "500m":
         config = real_smolvlm_config("500m", tokenizer, image_size=image_size)
         return _random_model(name, config, tokenizer, {}, f"{RANDOM_WEIGHTS_NOTE} (SmolVLM2-500M architecture)")
@@ -174,7 +174,7 @@ def make_frames(num_frames: int, size: int, seed: int = 0) -> np.ndarray:
 
 @dataclass
 class QueryInputs:
-    """One question about one video, laid out for the three contenders of DESIGN.md §7."""
+    """One question about one video, laid out for the three contenders of docs/design.md §7."""
 
     prefix_ids: torch.Tensor  # `[1, P]`: chat header + the video's frames (what KV-prefix reuse caches)
     question_ids: torch.Tensor  # `[1, Q]`: the question and `Assistant:` (what KV-prefix reuse prefills per query)

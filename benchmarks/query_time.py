@@ -1,4 +1,4 @@
-"""Query-time sweep (DESIGN.md §7): what one more question about an already-seen video costs.
+"""Query-time sweep (docs/design.md §7): what one more question about an already-seen video costs.
 
 Three contenders answer the same question about the same video:
 

@@ -13,15 +13,15 @@ RUNS=${RUNS:-runs}
 BASE=checkpoints/smolvlm-world
 V2L=checkpoints/video2lora-world
 
-# 1. The frozen base and teacher: a tiny SmolVLM trained from scratch on in-memory world clips (DESIGN.md §8).
+# 1. The frozen base and teacher: a tiny SmolVLM trained from scratch on in-memory world clips (docs/design.md §8).
 #    BASE_DEVICE=cuda trains it on a GPU when there is one (same recipe; the wall-time budget then buys ~25x the steps).
 if [ -z "${SKIP_BASE:-}" ]; then
   resume=(); [ -d "$RUNS/base/last-checkpoint" ] && resume=(--resume)
-  python -m video2lora.world.base_model --output_dir "$RUNS/base" --minutes "${BASE_MINUTES:-180}" \
+  python -m video2lora.base_training --output_dir "$RUNS/base" --minutes "${BASE_MINUTES:-180}" \
     --export "$BASE" --eval_test --device "${BASE_DEVICE:-cpu}" "${resume[@]}"
 fi
 
-# 2. World clips on disk, as a user's data would be: MP4 files plus DESIGN.md §5 manifests.
+# 2. World clips on disk, as a user's data would be: MP4 files plus docs/design.md §5 manifests.
 #    Order questions ("what appears first, ...?") are asked of a third of the clips and are the hardest type to
 #    internalize, so ORDER_CLIPS more training clips come from the seeds that follow, keeping only clips asked one.
 TRAIN_CLIPS=${TRAIN_CLIPS:-18000}
@@ -40,10 +40,10 @@ cat "$DATA/train.jsonl" "$DATA/train_order.jsonl" > "$DATA/train_all.jsonl"
 # One single-threaded process per core: tiny models spend more time in thread hand-offs than in matmuls.
 NPROC=${NPROC:-$(nproc)}
 OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" -m video2lora.teacher --model "$BASE" \
-  --manifest "$DATA/train_all.jsonl" --output "$DATA/train_teacher.jsonl" --num_frames 4 --frame_size 64 \
+  --manifest "$DATA/train_all.jsonl" --output "$DATA/train_teacher.jsonl" --num_frames 4 \
   --batch_size 64 --top_k_logprobs 8
 
-# 4. The hypernetwork (DESIGN.md §8: 16 latents of width 128, 2 blocks, rank 8, per-layer heads), 8 videos a step,
+# 4. The hypernetwork (docs/design.md §8: 16 latents of width 128, 2 blocks, rank 8, per-layer heads), 8 videos a step,
 #    cross-entropy on the teacher's answers plus KL to its top-8. The context carries its token positions
 #    (--use_context_positions): cross-attention alone cannot tell the first frame from the last. INIT_FROM=<a
 #    Video2LoRA folder> continues that hypernetwork instead of starting from scratch, e.g. after the base was trained
@@ -59,7 +59,7 @@ else
 fi
 OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" train_hf.py "${model[@]}" --base_model_reference ../smolvlm-world \
   --train_manifest "$DATA/train_teacher.jsonl" --data_root "$DATA" --output_dir "$RUNS/video2lora" \
-  --preprocessing_num_workers "$NPROC" --num_frames 4 --frame_size 64 --questions_per_video 16 \
+  --preprocessing_num_workers "$NPROC" --num_frames 4 --questions_per_video 16 \
   --per_device_train_batch_size $((8 / NPROC)) --kl_weight "${KL_WEIGHT:-1.0}" \
   --question_type_weights "${QUESTION_TYPE_WEIGHTS-order=4}" --max_steps "${MAX_STEPS:-3000}" \
   --learning_rate "${LEARNING_RATE:-1e-3}" --logging_steps 25 --save_strategy steps --save_steps 200 \
@@ -69,18 +69,18 @@ OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" train_hf.py "${model[@]}" -
 mkdir -p "$V2L"
 for f in config.json model.safetensors processor_config.json tokenizer.json tokenizer_config.json \
          chat_template.jinja configuration_video2lora.py modeling_video2lora.py perceiver_video2lora.py \
-         processing_video2lora.py; do
+         processing_video2lora.py video_processing_video2lora.py families_video2lora.py; do
   cp "$RUNS/video2lora/$f" "$V2L/$f"
 done
 
-# 6. Quality on held-out clips (DESIGN.md §6): Base vs Video2LoRA vs Blind.
-python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model "$V2L" --output_dir "$V2L/eval"
+# 6. Quality on held-out clips (docs/design.md §6): Base vs Video2LoRA vs Blind.
+python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model "$V2L" --output_dir "$V2L/eval" --overwrite
 
-# 7. Composition (DESIGN.md §1, step 5): two-segment clips, one adapter per half composed in rank space, against
+# 7. Composition (docs/design.md §1, step 5): two-segment clips, one adapter per half composed in rank space, against
 #    Base reading the whole clip (8 frames, twice a half's 4) and against Blind.
 for mode in concat average; do
   python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-    --compose "$mode" --num_frames 4 --model "$V2L" --output_dir "$V2L/eval-compose-$mode"
+    --compose "$mode" --num_frames 4 --model "$V2L" --output_dir "$V2L/eval-compose-$mode" --overwrite
 done
 
 # 8. The hypernetwork's model card (hub_cards/hypernetwork.md), with the held-out numbers of step 6.

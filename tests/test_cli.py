@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from configuration_video2lora import Video2LoRAConfig
-from modeling_video2lora import Video2LoRAAdapter, Video2LoRAModel
+from modeling_video2lora import AdapterMismatchError, Video2LoRAAdapter, Video2LoRAModel
 from tests.conftest import TINY_HYPERNETWORK, perturb_
 from video2lora import runner
 from video2lora.cli import main
@@ -398,7 +398,121 @@ def test_adapter_folder_is_a_clean_shareable_artifact(capsys, saved_base, world,
     assert dtypes == {model.vlm.dtype}
     assert "/" not in json.loads((out / "video2lora.json").read_text())["video"]["name"]
 
-    code, _, _ = run_cli(capsys, "internalize", world[1][0], "-o", out, "--model", model_dir, "--dtype", "bfloat16")
+    code, _, _ = run_cli(capsys, "internalize", world[1][0], "-o", out, "--model", model_dir, "--dtype", "bfloat16",
+                         "--overwrite")
     assert code == 0
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as handle:
         assert {handle.get_tensor(key).dtype for key in handle.keys()} == {torch.bfloat16}
+
+
+# ---- bad input is checked before anything expensive, and nothing is lost ---------------------------------------------
+
+
+def test_arguments_and_paths_are_checked_before_the_model_loads(capsys, world, tmp_path):
+    """Each of these fails with one line, although --model names no model at all: nothing was loaded."""
+    video, no_model = world[1][0], tmp_path / "no-model"
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("keep me")
+    cases = [
+        (["internalize", video, "-o", tmp_path / "a", "--num_frames", "0"], "--num_frames", "integer >= 1"),
+        (["ask", video, "what?", "--max_new_tokens", "-3"], "--max_new_tokens", "integer >= 1"),
+        (["eval", "--manifest", world[0], "--segments", "0"], "--segments", "integer >= 1"),
+        (["ask", video, "  "], "question 1 is empty"),
+        (["ask", video, "what?", ""], "question 2 is empty"),
+        (["internalize", video, "-o", tmp_path / "file" / "sub"], "is a file"),
+        (["internalize", video, "-o", tmp_path / "foreign"], "not empty", "--overwrite"),
+        (["internalize", tmp_path / "gone.mp4", "-o", tmp_path / "b"], "gone.mp4", "does not exist"),
+        (["internalize", tmp_path, "-o", tmp_path / "b"], "is a directory"),
+        (["eval", "--manifest", world[0], "--output_dir", tmp_path / "file"], "--output_dir", "is a file"),
+    ]
+    for argv, *fragments in cases:
+        code, _, err = run_cli(capsys, *argv, "--model", no_model)
+        assert_one_line_error(code, err, *fragments)
+        assert "cannot load model" not in err
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes through any permission bits")
+def test_unreadable_video_and_read_only_output(capsys, world, tmp_path):
+    video = tmp_path / "locked.mp4"
+    video.write_bytes(world[1][0].read_bytes())
+    video.chmod(0)
+    code, _, err = run_cli(capsys, "internalize", video, "-o", tmp_path / "a", "--model", tmp_path / "no-model")
+    assert_one_line_error(code, err, "permission denied")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    code, _, err = run_cli(capsys, "internalize", world[1][0], "-o", tmp_path / "ro" / "a", "--model", tmp_path)
+    assert_one_line_error(code, err, "permission denied")
+
+
+def test_overwrite_replaces_the_whole_folder(capsys, model_dir, world, tmp_path):
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (out / "stale.txt").write_text("from before")
+    assert run_cli(capsys, "internalize", world[1][0], "-o", out, "--model", model_dir, "--overwrite")[0] == 0
+    assert not (out / "stale.txt").exists() and (out / "adapter_model.safetensors").is_file()
+
+
+def test_a_question_longer_than_the_context_is_refused(capsys, model_dir, world):
+    code, _, err = run_cli(capsys, "ask", world[1][0], "red " * 5000, "--model", model_dir)
+    assert_one_line_error(code, err, "question 1 is", "positions", "shorten it")
+
+
+def test_adapter_naming_another_base_is_refused(capsys, model_dir, world, tmp_path):
+    out = tmp_path / "adapter"
+    assert run_cli(capsys, "internalize", world[1][0], "-o", out, "--model", model_dir)[0] == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps(
+        {**config, "base_model_name_or_path": "HuggingFaceTB/SmolVLM2-2.2B-Instruct"}))
+    model = Video2LoRAModel.from_pretrained(model_dir)
+    model.base_model_reference = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"  # as if loaded by Hub id
+    with pytest.raises(AdapterMismatchError, match="SmolVLM2-2.2B-Instruct"):
+        model.check_adapter(Video2LoRAAdapter.from_pretrained(out))
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, model_dir, world, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Video2LoRAModel, "internalize", interrupted)
+    code, _, err = run_cli(capsys, "internalize", world[1][0], "-o", tmp_path / "a", "--model", model_dir)
+    assert code == 130 and err.strip().splitlines()[-1] == "video2lora: interrupted" and "Traceback" not in err
+    assert not (tmp_path / "a").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_interrupted_eval_resumes_to_the_same_summary(capsys, model_dir, world, tmp_path, monkeypatch):
+    manifest = world[0]
+    common = ["--manifest", manifest, "--model", model_dir, "--max_new_tokens", MAX_NEW_TOKENS,
+              "--num_resamples", "100"]
+    assert run_cli(capsys, "eval", *common, "--output_dir", tmp_path / "whole")[0] == 0
+
+    calls = []
+    original = runner.answer_with_video
+
+    def stop_on_second_video(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "answer_with_video", stop_on_second_video)
+    code, _, err = run_cli(capsys, "eval", *common, "--output_dir", tmp_path / "parts")
+    assert code == 130 and "--resume" in err.strip().splitlines()[-1]
+    kept = (tmp_path / "parts" / "records.jsonl").read_text().splitlines()
+    assert 0 < len(kept) < len(manifest.read_text().splitlines())  # the first video's rows survived
+    code, _, err = run_cli(capsys, "eval", *common, "--output_dir", tmp_path / "parts")
+    assert_one_line_error(code, err, "holds an earlier evaluation", "--resume")
+
+    monkeypatch.setattr(runner, "answer_with_video", original)
+    assert run_cli(capsys, "eval", *common, "--output_dir", tmp_path / "parts", "--resume")[0] == 0
+    for name in ("summary.json", "records.jsonl", "report.md"):
+        assert (tmp_path / "parts" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+    code, _, err = run_cli(capsys, "eval", *common[:-2], "--num_resamples", "100", "--max_new_tokens", "2",
+                           "--output_dir", tmp_path / "parts", "--resume")
+    assert_one_line_error(code, err, "other settings", "max_new_tokens")
+
+
+def test_the_embedded_default_says_once_what_it_knows(capsys, world, tmp_path):
+    code, _, err = run_cli(capsys, "internalize", world[1][0], "-o", tmp_path / "a")
+    assert code == 0 and err.count("only knows the generated shape world") == 1
+    assert "Loading weights" not in err

@@ -484,3 +484,52 @@ def test_real_architectures_on_meta_device(name, values, published_millions):
     assert tokens_per_frame == {"500M": 64, "2.2B": 81}[name]
     assert abs(counts["per_layer"] / 1e6 - published_millions) / published_millions < 0.15
     assert counts["shared"] < 0.6 * counts["per_layer"]
+
+
+def _write_adapter_repeatedly(adapter, folder, marker, rounds):
+    for _ in range(rounds):
+        adapter.metadata = {"marker": marker}
+        adapter.save_pretrained(folder, extra_files={"marker.txt": marker})
+
+
+def test_concurrent_writers_leave_one_whole_adapter(make_model, tmp_path):
+    """Two processes write different adapters to one folder while this one reads it: every read sees one writer's
+    complete folder (its weights, their metadata and its side files agree), never a mix or a torn file."""
+    import multiprocessing
+
+    from safetensors import safe_open
+
+    model = make_model()
+    perturb_(model)
+    adapters = [model.internalize(make_frames(2, seed=seed)) for seed in (1, 2)]
+    folder = tmp_path / "adapter"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_write_adapter_repeatedly, args=(adapter, folder, marker, 15))
+               for adapter, marker in zip(adapters, "ab", strict=True)]
+    for writer in writers:
+        writer.start()
+    reads = 0
+    while any(writer.is_alive() for writer in writers) or reads == 0:
+        try:
+            directory = os.open(folder, os.O_RDONLY)  # pins one folder: a later rename cannot swap it under us
+        except FileNotFoundError:
+            continue
+        try:
+            marker = open(os.open("marker.txt", os.O_RDONLY, dir_fd=directory)).read()
+            with open(os.open("adapter_model.safetensors", os.O_RDONLY, dir_fd=directory), "rb") as handle:
+                blob = handle.read()
+            config = json.loads(open(os.open("adapter_config.json", os.O_RDONLY, dir_fd=directory)).read())
+        except FileNotFoundError:  # that folder was replaced and removed while being read: read the new one
+            continue
+        finally:
+            os.close(directory)
+        scratch = tmp_path / "read.safetensors"
+        scratch.write_bytes(blob)
+        with safe_open(str(scratch), "pt") as handle:  # a torn file would not parse
+            assert json.loads(handle.metadata()["video2lora_metadata"])["marker"] == marker
+        assert config["peft_type"] == "LORA"
+        reads += 1
+    for writer in writers:
+        writer.join()
+        assert writer.exitcode == 0
+    assert reads > 0 and not [path for path in tmp_path.iterdir() if path.name.startswith(".")]

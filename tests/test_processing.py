@@ -93,3 +93,44 @@ def test_chat_template_without_a_video_branch_is_refused(processor):
                                  image_seq_len=processor.image_seq_len, chat_template=text_only)
     with pytest.raises(ValueError, match="writes no '<video>'.*DEFAULT_CHAT_TEMPLATE"):
         broken.encode_videos([make_frames(2)], "describe")
+
+
+def test_one_file_gives_one_adapter_through_every_door(make_model, tmp_path, capsys):
+    """The Python API, the CLI, the teacher, the trainer's data and the evaluation sample a file identically, so
+    its adapter is the same bit for bit whichever door it came in by."""
+    import torch
+
+    import train_hf
+    from modeling_video2lora import Video2LoRAAdapter
+    from tests.conftest import perturb_
+    from video2lora import cli, runner, teacher
+
+    model = make_model()
+    perturb_(model)
+    model.save_pretrained(tmp_path / "model")
+    path = tmp_path / "clip.mp4"
+    write_video(path, make_frames(24, size=96), fps=8.0)  # larger than the tower: every door must resize alike
+
+    python_door = model.processor.sample_video(path)
+    doors = {
+        "evaluation": runner.read_row_video(model, {"video_path": str(path)}),
+        "teacher": teacher._load_video({"video_path": str(path)}, {}, model.processor, num_frames=None),
+    }
+    table = train_hf.decode_videos([(str(path), None)], sampling=model.processor.sampling_kwargs(),
+                                   cache_dir=str(tmp_path / "frames"))
+    record = table[0]
+    doors["trainer"] = np.frombuffer(record["frames"], dtype=np.uint8).reshape(record["shape"])
+    for name, video in doors.items():
+        frames = video if isinstance(video, np.ndarray) else video.frames
+        np.testing.assert_array_equal(frames, python_door.frames, err_msg=name)
+        if not isinstance(video, np.ndarray):
+            assert video.timestamps == python_door.timestamps, name
+    assert record["timestamps"] == python_door.timestamps
+
+    assert cli.main(["internalize", str(path), "-o", str(tmp_path / "adapter"), "--model", str(tmp_path / "model"),
+                     "--dtype", "float32"]) == 0
+    from_cli = Video2LoRAAdapter.from_pretrained(tmp_path / "adapter")
+    from_python = model.internalize(path)
+    for name in from_python.lora_A:
+        assert torch.equal(from_cli.lora_A[name], from_python.lora_A[name])
+        assert torch.equal(from_cli.scaled_B()[name], from_python.scaled_B()[name])

@@ -1,5 +1,5 @@
-"""Model cards for Hub uploads: a trained hypernetwork (`hub_cards/hypernetwork.md`) and an emitted adapter
-(`hub_cards/adapter.md`).
+"""Model cards for Hub uploads: a trained hypernetwork (`hub_cards/hypernetwork.md`), an emitted adapter
+(`hub_cards/adapter.md`) and the embedded default's tiny base (`hub_cards/base.md`).
 
 Templates are Jinja files whose front matter is the single placeholder `{{ card_data }}`; [`render_card`] fills it
 with `huggingface_hub.ModelCardData`, so the YAML metadata (`library_name`, `base_model`, `pipeline_tag`, `tags`,

@@ -4,7 +4,7 @@
     video2lora ask clip.mp4 "what colour is the square?"      # answer with zero visual tokens
     video2lora ask clip-adapter/ "what shape is the red object?" --compare
     video2lora demo                                           # a generated world clip, end to end
-    video2lora eval --manifest data/world/test.jsonl          # Base vs V2L vs Blind (DESIGN.md §6)
+    video2lora eval --manifest data/world/test.jsonl          # Base vs V2L vs Blind (docs/design.md §6)
 
 `--model` takes a Hub id or a local folder and defaults to the embedded checkpoint (`checkpoints/video2lora-world`).
 User errors (a missing or unreadable file, a bad manifest row, an adapter made for another base, a missing model)
@@ -27,6 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .checks import (
+    UsageError,
+    check_output_folder,
+    check_questions,
+    check_video_file,
+    check_writable_folder,
+    positive_int,
+)
 from .data import ManifestError, read_manifest, resolve_data_root
 from .video import SampledVideo, VideoDecodeError
 
@@ -42,8 +50,21 @@ CARD_NAME = "README.md"
 USAGE_ERROR = 2
 
 
-class UsageError(Exception):
-    """An error the user can fix (bad argument combination, bad span); reported as one line, exit status 2."""
+# Exit status after Ctrl-C, as shells report a process ended by SIGINT.
+INTERRUPTED = 130
+EMBEDDED_DEFAULT_NOTE = (
+    f"{PROG}: note: the embedded default model only knows the generated shape world (coloured shapes that move); "
+    "for real videos pass --model with a Video2LoRA checkpoint (Hub id or folder) trained on them"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments get one line (`video2lora ask: error: ...`) and exit status 2, like every other user error."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]  # "video2lora ask" -> "ask"
+        where = f"{command}: " if command else ""
+        self.exit(USAGE_ERROR, f"{PROG}: error: {where}{' '.join(message.split())} (see --help)\n")
 
 
 # ---- arguments ------------------------------------------------------------------------------------------------------
@@ -53,12 +74,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, answers: bool = Tru
     parser.add_argument("--model", default=None,
                         help="Video2LoRA model: Hub id or local folder (default: the embedded checkpoint)")
     if answers:
-        parser.add_argument("--max_new_tokens", type=int, default=64, help="greedy decoding budget per answer")
+        parser.add_argument("--max_new_tokens", type=positive_int, default=64,
+                            help="greedy decoding budget per answer")
 
 
 def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num_frames", type=int, default=None,
-                        help="frames sampled from the video (default: the model's num_frames)")
+    parser.add_argument("--num_frames", type=positive_int, default=None,
+                        help="most frames sampled from the video (default: the processor's video_sampling max_frames)")
     parser.add_argument("--start", type=float, default=None, help="span start, in seconds")
     parser.add_argument("--end", type=float, default=None, help="span end, in seconds (exclusive)")
 
@@ -90,7 +112,7 @@ def _matches(row: dict[str, Any], conditions: Sequence[tuple[str, str]]) -> bool
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `video2lora` command and its subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Internalize a video into a LoRA adapter and answer questions about it with zero "
                                "visual tokens.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -102,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     internalize.add_argument("-o", "--output", required=True, metavar="ADAPTER_DIR", help="adapter folder to write")
     internalize.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
                              help="dtype of the saved weights (default: the base's, bf16 for SmolVLM2)")
+    internalize.add_argument("--overwrite", action="store_true",
+                             help="replace ADAPTER_DIR if it exists and is not empty (default: refuse)")
     _add_model_arguments(internalize, answers=False)
     _add_frame_arguments(internalize)
 
@@ -122,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--compare", action="store_true", help="also answer with the video in context (Base)")
     _add_model_arguments(demo)
 
-    evaluate = commands.add_parser("eval", help="Base vs V2L vs Blind over a manifest (DESIGN.md §6)",
+    evaluate = commands.add_parser("eval", help="Base vs V2L vs Blind over a manifest (docs/design.md §6)",
                                    description="Answer every manifest row with Base (video in context), V2L (adapter "
                                                "alone) and Blind (neither); score, summarize and report.")
     evaluate.add_argument("--manifest", required=True, help="JSONL manifest of rows to evaluate")
@@ -131,22 +155,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--where", nargs="+", type=_condition, default=[], metavar="FIELD=VALUE",
                           help="evaluate only rows whose FIELD (top level or under `metadata`) equals VALUE, e.g. "
                                "segment=whole")
-    evaluate.add_argument("--max_rows", type=int, default=None, help="evaluate only the first N rows")
-    evaluate.add_argument("--num_frames", type=int, default=None,
-                          help="frames sampled per video (default: the model's num_frames)")
-    evaluate.add_argument("--segments", type=int, default=1,
+    evaluate.add_argument("--max_rows", type=positive_int, default=None, help="evaluate only the first N rows")
+    evaluate.add_argument("--num_frames", type=positive_int, default=None,
+                          help="most frames sampled per video (default: the processor's video_sampling max_frames)")
+    evaluate.add_argument("--segments", type=positive_int, default=1,
                           help="V2L composes one adapter per equal segment of each video (each from --num_frames "
                                "frames); Base then sees num_frames x segments frames of the whole video")
     evaluate.add_argument("--compose", choices=("concat", "average"), default="concat",
                           help="how segment adapters combine with --segments > 1 (default: concat)")
-    evaluate.add_argument("--batch_size", type=int, default=16, help="questions per generate call")
+    evaluate.add_argument("--batch_size", type=positive_int, default=16, help="questions per generate call")
     evaluate.add_argument("--judge", default=None, metavar="PATH", help="local causal LM to use as an LLM judge")
     evaluate.add_argument("--margins", nargs="+", type=_margin, default=[], metavar="METRIC=VALUE",
                           help="non-inferiority/equivalence margins (defaults: judge=0.15 token_f1=0.05 "
                                "exact_match=0.05)")
-    evaluate.add_argument("--num_resamples", type=int, default=10_000, help="paired-bootstrap resamples")
+    evaluate.add_argument("--num_resamples", type=positive_int, default=10_000, help="paired-bootstrap resamples")
     evaluate.add_argument("--output_dir", default="video2lora-eval",
-                          help="where summary.json, records.jsonl and report.md go")
+                          help="where summary.json, records.jsonl and report.md go; records.jsonl grows as rows "
+                               "are scored")
+    resume = evaluate.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue an interrupted evaluation in --output_dir, scoring only the rows it lacks")
+    resume.add_argument("--overwrite", action="store_true",
+                        help="start over even if --output_dir holds an earlier evaluation")
     _add_model_arguments(evaluate)
     return parser
 
@@ -160,13 +190,16 @@ def _prefer_offline(model: str | None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _load_model(name_or_path: str | None) -> Video2LoRAModel:
+def _load_model(name_or_path: str | None, *, note_default: bool = True) -> Video2LoRAModel:
     from transformers.utils import logging as transformers_logging
 
     from .runner import load_model
 
-    # Library warnings (e.g. generation defaults) would bury the answers; errors still show.
+    # Library warnings (e.g. generation defaults) and weight-loading bars would bury the answers; errors still show.
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    if name_or_path is None and note_default:
+        print(EMBEDDED_DEFAULT_NOTE, file=sys.stderr)
     return load_model(name_or_path)
 
 
@@ -271,11 +304,13 @@ def _render_adapter_card(output: Path, provenance: dict[str, Any]) -> tuple[str 
 
 
 def _cmd_internalize(args: argparse.Namespace) -> int:
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise UsageError(f"-o '{args.output}' is a file; the adapter is written as a folder")
+    check_video_file(args.video)
+    check_output_folder(args.output, "-o", overwrite=args.overwrite)
     model = _load_model(args.model)
+    started = time.perf_counter()
     video = _frames_for(model, args, args.video)
-    adapter, elapsed = _timed(model.internalize, video)
+    adapter = model.internalize(video)
+    elapsed = time.perf_counter() - started
     provenance = _provenance(args, model, adapter, video)
     # Carried inside the safetensors metadata too, so the adapter file alone still says which video it came from.
     adapter.metadata = {**adapter.metadata, "video_sha256": provenance["video"]["sha256"],
@@ -286,8 +321,8 @@ def _cmd_internalize(args: argparse.Namespace) -> int:
         print(f"{PROG}: note: no model card written ({skipped})", file=sys.stderr)
     extra_files = {METADATA_NAME: json.dumps(provenance, indent=2) + "\n", **({CARD_NAME: card} if card else {})}
     adapter.save_pretrained(output, dtype=None if args.dtype == "auto" else args.dtype, extra_files=extra_files)
-    print(f"internalized {video.num_frames} frames of '{args.video}' in {elapsed:.2f} s -> {output}/ "
-          f"(rank {adapter.rank}, {adapter.num_layers} layers)")
+    print(f"internalized {video.num_frames} frames of '{args.video}' in {elapsed:.2f} s (decoding included) -> "
+          f"{output}/ (rank {adapter.rank}, {adapter.num_layers} layers)")
     return 0
 
 
@@ -313,19 +348,26 @@ def _timed(function, *args, **kwargs) -> tuple[Any, float]:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from .runner import answer_with_adapter, answer_with_video, visual_tokens_per_query
+    from .runner import answer_with_adapter, answer_with_video, check_question_lengths, visual_tokens_per_query
 
     if args.compare and _is_adapter_dir(args.source):
         raise UsageError("--compare needs the video itself (Base reads it); pass the video file, not an adapter folder")
+    check_questions(args.questions)
+    if not _is_adapter_dir(args.source):
+        check_video_file(args.source)
     model = _load_model(args.model)
+    check_question_lengths(model, args.questions, max_new_tokens=args.max_new_tokens)
     video = None
     if _is_adapter_dir(args.source):
         adapter = _load_adapter(model, args.source)
         print(f"adapter: {args.source}")
     else:
+        started = time.perf_counter()
         video = _frames_for(model, args, args.source)
-        adapter, elapsed = _timed(model.internalize, video)
-        print(f"internalized {video.num_frames} frames of '{args.source}' in {elapsed:.2f} s (once per video)")
+        adapter = model.internalize(video)
+        elapsed = time.perf_counter() - started
+        print(f"internalized {video.num_frames} frames of '{args.source}' in {elapsed:.2f} s, decoding included "
+              "(once per video)")
     options = {"max_new_tokens": args.max_new_tokens}
     base_tokens = visual_tokens_per_query(model, video) if args.compare else None
     for question in args.questions:
@@ -352,7 +394,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed = split_seeds("test", 1, offset=args.seed)[0]
     except ValueError as error:
         raise UsageError(f"--seed: {error}") from None
-    model = _load_model(args.model)
+    model = _load_model(args.model, note_default=False)  # the demo's clip is from the world the default knows
     clip = generate_clip(seed)
     with tempfile.TemporaryDirectory(prefix="video2lora-demo-") as directory:
         # Through a real MP4 file, so the demo exercises the same decode path as a user's video.
@@ -385,37 +427,109 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # ---- eval -----------------------------------------------------------------------------------------------------------
 
 
+RECORDS_NAME, SUMMARY_NAME, REPORT_NAME, RUN_NAME = "records.jsonl", "summary.json", "report.md", "run.json"
+
+
+def _eval_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What the records of an evaluation depend on; a resumed run must have the same."""
+    return {"manifest": args.manifest, "data_root": args.data_root, "where": dict(args.where),
+            "max_rows": args.max_rows, "num_frames": args.num_frames, "segments": args.segments,
+            "compose": args.compose, "max_new_tokens": args.max_new_tokens, "model": args.model}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _read_scored(path: Path, data_root: Path) -> dict[str, dict[str, Any]]:
+    """Records an interrupted run kept, by id; a line torn by the interruption is dropped (its video is redone)."""
+    done = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        record["video_path"] = str(data_root / record["video_path"])
+        done[record["id"]] = record
+    return done
+
+
+def _prepare_eval_output(args: argparse.Namespace, data_root: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """Check --output_dir before the model loads, and read what a resumed run already scored."""
+    check_writable_folder(args.output_dir, "--output_dir")
+    output = Path(args.output_dir)
+    records, run = output / RECORDS_NAME, output / RUN_NAME
+    if args.resume:
+        if not run.is_file():
+            raise UsageError(f"--resume: '{output}' holds no evaluation to continue ({RUN_NAME} is missing)")
+        earlier = json.loads(run.read_text(encoding="utf-8"))
+        if earlier != _eval_settings(args):
+            changed = sorted(key for key in {*earlier, *_eval_settings(args)}
+                             if earlier.get(key) != _eval_settings(args).get(key))
+            raise UsageError(f"--resume: the evaluation in '{output}' ran with other settings ({', '.join(changed)}); "
+                             "rerun it with the same ones, or pass --overwrite to start over")
+        return output, _read_scored(records, data_root) if records.is_file() else {}
+    if (records.exists() or run.exists()) and not args.overwrite:
+        raise UsageError(f"--output_dir '{output}' holds an earlier evaluation; pass --resume to continue it or "
+                         "--overwrite to start over")
+    output.mkdir(parents=True, exist_ok=True)
+    records.unlink(missing_ok=True)
+    _write_atomically(run, json.dumps(_eval_settings(args), indent=2) + "\n")
+    return output, {}
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import markdown_report, summarize
     from .runner import Judge, evaluate
 
     rows = read_manifest(args.manifest, data_root=args.data_root).rows
     rows = [row for row in rows if _matches(row, args.where)]
-    if args.segments < 1:
-        raise UsageError(f"--segments must be at least 1, got {args.segments}")
     if args.max_rows is not None:
         rows = rows[: args.max_rows]
     if not rows:
         matching = " matching --where " + " ".join(f"{k}={v}" for k, v in args.where) if args.where else ""
         raise UsageError(f"manifest '{args.manifest}' has no rows{matching} to evaluate")
-    missing = next((row for row in rows if not os.path.isfile(row["video_path"])), None)
-    if missing is not None:  # checked up front: a missing file should not surface after an hour of evaluation
-        raise VideoDecodeError(missing["video_path"], f"file does not exist (row '{missing['id']}')",
-                               "check the path; relative paths resolve against --data_root")
+    for row in rows:  # checked up front: a missing file should not surface after an hour of evaluation
+        try:
+            check_video_file(row["video_path"])
+        except VideoDecodeError as error:
+            raise VideoDecodeError(error.path, f"{error.reason} (row '{row['id']}')",
+                                   f"{error.hint}; relative paths resolve against --data_root") from None
     if args.judge is not None and not os.path.isdir(args.judge):
         raise UsageError(f"--judge '{args.judge}' is not a folder; give a local transformers causal LM")
+    data_root = resolve_data_root(args.data_root, args.manifest)
+    output, done = _prepare_eval_output(args, data_root)
+    if done:
+        print(f"resuming: {len(done)} rows already scored in {output / RECORDS_NAME}", file=sys.stderr)
     model = _load_model(args.model)
     judge = Judge(args.judge) if args.judge else None
-    records = evaluate(model, rows, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
-                       batch_size=args.batch_size, judge=judge, segments=args.segments, compose=args.compose)
+
+    def shareable(record: dict[str, Any]) -> dict[str, Any]:
+        # Videos relative to the data root: reports get committed and shared, and a machine's paths mean nothing
+        # elsewhere.
+        return {**record, "video_path": os.path.relpath(record["video_path"], data_root)}
+
+    with open(output / RECORDS_NAME, "a", encoding="utf-8") as kept:
+        def keep(scored: list[dict[str, Any]]) -> None:
+            kept.writelines(json.dumps(shareable(record), ensure_ascii=False) + "\n" for record in scored)
+            kept.flush()
+            os.fsync(kept.fileno())
+
+        try:
+            records = evaluate(model, rows, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
+                               batch_size=args.batch_size, judge=judge, segments=args.segments,
+                               compose=args.compose, done=done, on_scored=keep)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted; the rows scored so far are kept in {output / RECORDS_NAME}: rerun with "
+                  "--resume to continue", file=sys.stderr)
+            return INTERRUPTED
+    records = [shareable(record) for record in records]
     summary = summarize(records, margins=dict(args.margins), num_resamples=args.num_resamples)
-    # As the user named them, and videos relative to the data root: reports get committed and shared, and a
-    # machine's absolute paths mean nothing elsewhere.
     summary["model"] = args.model or "embedded default (video2lora-world)"
     summary["manifest"] = args.manifest
-    data_root = resolve_data_root(args.data_root, args.manifest)
-    for record in records:
-        record["video_path"] = os.path.relpath(record["video_path"], data_root)
     if args.where:
         summary["where"] = dict(args.where)
     if args.segments > 1:
@@ -437,15 +551,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         report += (f"\nV2L: {args.segments} segment adapters per video, composed by {args.compose}; Base: the whole "
                    f"video in context, {args.segments} x the frames of one segment.\n")
 
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    with open(output / "records.jsonl", "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    (output / "report.md").write_text(report, encoding="utf-8")
+    # The records in manifest order (judge scores included) replace the ones kept as they were scored.
+    _write_atomically(output / RECORDS_NAME,
+                      "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    _write_atomically(output / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    _write_atomically(output / REPORT_NAME, report)
     print(report)
-    print(f"wrote {output}/summary.json, records.jsonl and report.md ({len(records)} rows)")
+    print(f"wrote {output}/{SUMMARY_NAME}, {RECORDS_NAME} and {REPORT_NAME} ({len(records)} rows)")
     return 0
 
 
@@ -459,22 +571,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     Run the `video2lora` command.
 
     Returns:
-        `int`: 0 on success, 2 on a user error (reported as one line on stderr). Invalid arguments exit through
-        argparse, also with status 2.
+        `int`: 0 on success, 2 on a user error (reported as one line on stderr; invalid arguments too), 130 after
+        Ctrl-C (one line, no traceback).
     """
     args = build_parser().parse_args(argv)
     _prefer_offline(args.model)
     # Imported only now: they import transformers, which must see HF_HUB_OFFLINE as just set.
-    from modeling_video2lora import AdapterMismatchError
+    from modeling_video2lora import AdapterMismatchError, AdapterReadError
 
     from .runner import ModelLoadError
 
     try:
         return _COMMANDS[args.command](args)
-    except (UsageError, ModelLoadError, VideoDecodeError, ManifestError, AdapterMismatchError,
-            FileNotFoundError) as error:
+    except (UsageError, ModelLoadError, VideoDecodeError, ManifestError, AdapterMismatchError, AdapterReadError,
+            FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as error:
         print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt:
+        # Nothing half-written survives an interruption: adapters and reports are renamed into place whole.
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

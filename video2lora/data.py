@@ -1,4 +1,4 @@
-"""JSONL manifests: one row per (video, prompt, target), as described in DESIGN.md §5.
+"""JSONL manifests: one row per (video, prompt, target), as described in docs/design.md §5.
 
 A manifest row is a JSON object with these fields:
 

@@ -1,6 +1,6 @@
 """The paper's evaluation protocol: answer metrics, the paired bootstrap, non-inferiority and equivalence.
 
-Everything here is pure and model-free (DESIGN.md §6). The model-running part of `video2lora eval` produces one
+Everything here is pure and model-free (docs/design.md §6). The model-running part of `video2lora eval` produces one
 record per evaluated item with the scores of three systems on the same item:
 
 - **base**: the frozen VLM with the video in context;
@@ -11,7 +11,7 @@ and hands the records to [`summarize`], whose output [`markdown_report`] renders
 Base with a paired bootstrap of Δ = V2L − Base, and report the *recovered gain* (V2L − Blind) / (Base − Blind) so
 that "V2L equals Base" cannot be claimed on questions the model answers the same way without the video.
 
-This module must not import model or training code (DESIGN.md §10: evaluation does not import training).
+This module must not import model or training code (docs/design.md §10: evaluation does not import training).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ __all__ = [
 # The three systems scored on every item, in the order reports list them (weakest expected first).
 SYSTEMS: tuple[str, ...] = ("blind", "base", "v2l")
 
-# Published margins (DESIGN.md §6): 0.15 on the 0-1 judge score, 0.05 on token-F1. Exact match lives on the same
+# Published margins (docs/design.md §6): 0.15 on the 0-1 judge score, 0.05 on token-F1. Exact match lives on the same
 # 0-1 scale as token-F1 and gets the same margin.
 DEFAULT_MARGINS: dict[str, float] = {"judge": 0.15, "token_f1": 0.05, "exact_match": 0.05}
 
@@ -277,7 +277,7 @@ def recovered_gain(v2l: float, base: float, blind: float, *, min_base_gain: floa
 
     1.0 means V2L gains as much over Blind as Base does; 0.0 means the adapter adds nothing over the question
     alone. When Base barely beats Blind, the question type does not depend on the video and the ratio is noise
-    over noise, so DESIGN.md §6 counts only types where Base beats Blind clearly; those get `None` here.
+    over noise, so docs/design.md §6 counts only types where Base beats Blind clearly; those get `None` here.
 
     Args:
         v2l (`float`):

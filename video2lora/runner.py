@@ -1,5 +1,5 @@
 """The model-running half of the command line: loading a model, sampling a row's frames, and answering the same
-questions three ways (DESIGN.md §6):
+questions three ways (docs/design.md §6):
 
 - **base**: the frozen VLM with the video in context (it pays `frames x tokens-per-frame` visual tokens per query);
 - **v2l**: the frozen VLM plus the adapter generated from the video, with zero visual tokens;
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MODEL_PATH",
     "Judge",
     "ModelLoadError",
+    "check_question_lengths",
     "answer_with_adapter",
     "answer_with_video",
     "evaluate",
@@ -44,7 +45,7 @@ __all__ = [
 # `../smolvlm-world`. Resolved from this file so that it works from any working directory with the editable install.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "checkpoints" / "video2lora-world"
 
-# Greedy decoding with at most 64 new tokens is the protocol's (DESIGN.md §5-6); every system uses the same.
+# Greedy decoding with at most 64 new tokens is the protocol's (docs/design.md §5-6); every system uses the same.
 DEFAULT_MAX_NEW_TOKENS = 64
 
 
@@ -90,6 +91,30 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, dtype: torch.dt
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def check_question_lengths(model: Video2LoRAModel, questions: Sequence[str], *, max_new_tokens: int,
+                           visual_tokens: int = 0) -> None:
+    """
+    Refuse a question that, with the answer's budget (and `visual_tokens` when the video is in context too), does
+    not fit the base's positions: past them a model answers nothing useful, after minutes of work.
+
+    Raises:
+        `UsageError`: one line naming the question, its length and the limit.
+    """
+    from .checks import UsageError
+
+    limit = getattr(model.config.text_config, "max_position_embeddings", None)
+    if not limit:
+        return
+    tokenizer = model.processor.tokenizer
+    for index, question in enumerate(questions, 1):
+        length = len(tokenizer(model.processor.chat_prompt(question, with_video=False))["input_ids"])
+        if length + visual_tokens + max_new_tokens > limit:
+            raise UsageError(
+                f"question {index} is {length:,} tokens; with {visual_tokens:,} visual tokens and --max_new_tokens "
+                f"{max_new_tokens} it does not fit the base's {limit:,} positions; shorten it"
+            )
 
 
 def read_row_video(model: Video2LoRAModel, row: Mapping[str, Any], *, num_frames: int | None = None) -> SampledVideo:
@@ -224,7 +249,7 @@ SYSTEM_ORDER = ("base", "v2l", "blind")
 def _scores(row: Mapping[str, Any], answer: str) -> dict[str, float]:
     reference = row["target_text"]
     scores = {"token_f1": token_f1(answer, reference)}
-    if row["task_type"] == "qa":  # exact match is meaningful for short answers only (DESIGN.md §6)
+    if row["task_type"] == "qa":  # exact match is meaningful for short answers only (docs/design.md §6)
         scores["exact_match"] = exact_match(answer, reference)
     return scores
 
@@ -233,7 +258,7 @@ def internalize_segments(model: Video2LoRAModel, row: Mapping[str, Any], duratio
                          num_frames: int, compose: str) -> Video2LoRAAdapter:
     """
     One adapter per equal, non-overlapping segment of a row's video (or span), composed in rank space
-    ([`Video2LoRAAdapter.compose`]): how a video too long for one context is internalized (DESIGN.md §1, step 5).
+    ([`Video2LoRAAdapter.compose`]): how a video too long for one context is internalized (docs/design.md §1, step 5).
     """
     start = float((row.get("span") or (0.0, None))[0])
     bounds = [start + duration * i / segments for i in range(segments + 1)]
@@ -244,7 +269,9 @@ def internalize_segments(model: Video2LoRAModel, row: Mapping[str, Any], duratio
 
 def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_frames: int | None = None,
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, judge: Judge | None = None,
-             segments: int = 1, compose: str = "concat", progress: bool = True) -> list[dict[str, Any]]:
+             segments: int = 1, compose: str = "concat", progress: bool = True,
+             done: Mapping[str, dict[str, Any]] | None = None,
+             on_scored: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """
     Answer every row with Base, V2L and Blind and score the answers: one record per row, in the format
     [`video2lora.evaluation.summarize`] reads, plus the answers themselves.
@@ -265,14 +292,21 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
             same frame budget, in one context against in separate adapters.
         compose: how segment adapters combine: `"concat"` (ranks add up) or `"average"` (rank kept).
         progress: show progress bars.
+        done: records already scored by an interrupted run, by row id; their videos are not evaluated again.
+        on_scored: called with each video's new records as soon as they are scored (before any judge), so that a
+            caller can keep them on disk.
+
+    Returns:
+        One record per row, in `rows` order (records from `done` included).
     """
     if segments < 1:
         raise ValueError(f"segments must be at least 1, got {segments}.")
     num_frames = num_frames or model.processor.video_sampling["max_frames"]
     options = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
     blind_cache: dict[str, str] = {}
-    records: list[dict[str, Any]] = []
-    for (_, span), group in tqdm(group_by_video(rows), desc="videos", unit="video", disable=not progress):
+    done = dict(done or {})
+    pending = [(key, group) for key, group in group_by_video(rows) if not all(row["id"] in done for row in group)]
+    for (_, span), group in tqdm(pending, desc="videos", unit="video", disable=not progress):
         video = read_row_video(model, group[0], num_frames=num_frames * segments)
         if segments == 1:
             adapter = model.internalize(video)
@@ -288,8 +322,9 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
             "blind": [blind_cache[prompt] for prompt in prompts],
         }
         base_tokens = visual_tokens_per_query(model, video)
+        scored = []
         for index, row in enumerate(group):
-            records.append({
+            scored.append({
                 "id": row["id"],
                 "video_path": row["video_path"],
                 "span": list(span) if span else None,
@@ -301,10 +336,15 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
                 "visual_tokens": {"base": base_tokens, "v2l": 0, "blind": 0},
                 "scores": {system: _scores(row, answers[system][index]) for system in SYSTEM_ORDER},
             })
+        if on_scored is not None:
+            on_scored(scored)
+        done.update((record["id"], record) for record in scored)
+    records = [done[row["id"]] for row in rows]
     if judge is not None:
-        items = [(r["prompt"], r["reference"], r["answers"][s]) for r in records for s in SYSTEM_ORDER]
+        unjudged = [record for record in records if "judge" not in record["scores"]["base"]]
+        items = [(r["prompt"], r["reference"], r["answers"][s]) for r in unjudged for s in SYSTEM_ORDER]
         scores = iter(judge.score(items, progress=progress))
-        for record in records:
+        for record in unjudged:
             for system in SYSTEM_ORDER:
                 record["scores"][system]["judge"] = next(scores)
     return records

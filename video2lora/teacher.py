@@ -1,4 +1,4 @@
-"""Teacher targets: the frozen base answers every manifest prompt with the video in context (DESIGN.md §5).
+"""Teacher targets: the frozen base answers every manifest prompt with the video in context (docs/design.md §5).
 
 ```
 python -m video2lora.teacher --model BASE_OR_V2L_DIR --manifest in.jsonl --output out.jsonl

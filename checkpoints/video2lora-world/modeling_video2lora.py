@@ -44,11 +44,17 @@ logger = logging.get_logger(__name__)
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 # `base_model.model.<decoder layers path>.<i>.<module>.lora_<A|B>.weight`; the path must be a known family's.
+_HUB_ID = re.compile(r"[\w-][\w.-]*(/[\w.-]+)?")
 _PEFT_KEY = re.compile(r"^base_model\.model\.(.+)\.(\d+)\.((?:mlp|self_attn)\.\w+)\.lora_([AB])\.weight$")
 
 
 class AdapterMismatchError(ValueError):
     """An adapter was made for another base model (or another layout) than the one asked to use it."""
+
+
+class AdapterReadError(ValueError):
+    """An adapter folder whose files cannot be read: missing permissions, an empty, truncated or foreign weights file,
+    or a malformed `adapter_config.json`. The message is one line."""
 
 
 def base_fingerprint(base_config) -> str:
@@ -504,7 +510,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         for SmolVLM and Idefics3); others are ignored.
 
         Each layer's input `[B, T, h]` is handed to the perceiver encoder from a forward pre-hook as soon as it
-        exists and then dropped, so memory stays flat in the number of layers (DESIGN.md §2). The base runs without
+        exists and then dropped, so memory stays flat in the number of layers (docs/design.md §2). The base runs without
         gradient; the perceiver keeps whatever grad mode the caller is in.
         """
         layers = self._decoder_layers()
@@ -584,6 +590,13 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 f"The adapter was made for base '{adapter.base_model_name_or_path}' (fingerprint "
                 f"{adapter.fingerprint}), but this model's base is '{self.config.base_model_name_or_path}' "
                 f"({self.fingerprint}). Internalize the video again with this model."
+            )
+        theirs, ours = adapter.base_model_name_or_path, self.base_model_reference
+        if theirs and ours and not _same_base(theirs, ours):
+            raise AdapterMismatchError(
+                f"The adapter was made for base '{theirs}', but this model's base is '{ours}' (their shapes agree, "
+                "which is not enough: the weights differ). Internalize the video again with this model, or correct "
+                "base_model_name_or_path in the adapter's adapter_config.json if it names the same base."
             )
         if adapter.decoder_layers_path != self.config.family.decoder_layers_path:
             raise AdapterMismatchError(
@@ -754,6 +767,17 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         return self.processor
 
 
+def _same_base(theirs: str, ours: str) -> bool:
+    """Whether an adapter's base reference names this model's base. A local path that does not exist here (an
+    adapter made on another machine, or by an older version that wrote the checkpoint-relative path) cannot be
+    checked by name, so its fingerprint alone decides."""
+    if theirs == ours:
+        return True
+    if os.path.exists(theirs):
+        return os.path.exists(ours) and os.path.samefile(theirs, ours)
+    return _HUB_ID.fullmatch(theirs) is None  # a path from elsewhere; a Hub id that differs is another base
+
+
 def _replace_directory(new: Path, target: Path) -> None:
     """Move the finished folder `new` to `target`. Renames are atomic, so a reader sees the old folder or the new one,
     never a mix; a folder already at `target` is moved aside first (POSIX cannot rename over a non-empty one)."""
@@ -832,4 +856,4 @@ Video2LoRAConfig.register_for_auto_class()
 Video2LoRAModel.register_for_auto_class("AutoModel")
 
 __all__ = ["Video2LoRAAdapter", "Video2LoRAModel", "Video2LoRAPreTrainedModel", "Video2LoRAOutput",
-           "AdapterMismatchError", "load_base"]
+           "AdapterMismatchError", "AdapterReadError", "load_base"]

@@ -1,4 +1,4 @@
-"""A procedurally generated video world: the embedded default's training and benchmark data (DESIGN.md §8).
+"""A procedurally generated video world: the embedded default's training and benchmark data (docs/design.md §8).
 
 Clips show one to three coloured shapes on a dark-grey background that move left, right, up or down or stay
 still, and may appear, disappear or change colour. Each clip comes with frames, per-pixel and per-object ground

@@ -118,7 +118,7 @@ class Clip:
     def attribute_maps(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-pixel colour ids and shape ids, `[T, H, W]` int8 each, -1 for background.
 
-        These are the targets of the per-token colour and shape auxiliary losses (DESIGN.md §8); colours follow
+        These are the targets of the per-token colour and shape auxiliary losses (docs/design.md §8); colours follow
         colour changes frame by frame.
         """
         colour_per_frame = np.array([obj.colours for obj in self.objects], dtype=np.int8)[:, self.frame_steps].T

@@ -1,4 +1,4 @@
-"""Writing the generated world to disk: MP4 videos plus a JSONL manifest (DESIGN.md §5).
+"""Writing the generated world to disk: MP4 videos plus a JSONL manifest (docs/design.md §5).
 
 Layout of a data root written by [`write_world`]:
 
@@ -80,7 +80,7 @@ def clip_rows(clip: Clip, video_path: str | os.PathLike, split: str) -> list[dic
         split (`str`): The split name stored in every row.
 
     Returns:
-        `list[dict]`: Rows in the DESIGN.md §5 format.
+        `list[dict]`: Rows in the docs/design.md §5 format.
     """
     # Manifests are shared across machines, so paths use forward slashes whatever the OS.
     video_path = PurePosixPath(Path(video_path).as_posix())

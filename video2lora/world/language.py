@@ -65,7 +65,7 @@ class QAItem:
         answer (`str`): The one-word reference answer.
         question_type (`str`): One of [`QUESTION_TYPES`].
         objects (`tuple[int, ...]`): Indices of the objects the question is about, so that a caller packing several
-            questions into one sequence can avoid pairing questions that give each other away (DESIGN.md §8).
+            questions into one sequence can avoid pairing questions that give each other away (docs/design.md §8).
     """
 
     question: str

@@ -4,7 +4,7 @@ A scene is a few coloured shapes on a dark-grey background. Each shape moves in 
 (or stays still) and may appear, disappear or change colour. Time is counted in *steps*: a clip has
 `num_steps` steps, each rendered as `frames_per_step` video frames. Motion is continuous in time, while events only
 happen at step boundaries, so any frame inside a step shows the same set of objects in the same colours. A model
-that samples one frame per step therefore sees every event (DESIGN.md §8).
+that samples one frame per step therefore sees every event (docs/design.md §8).
 
 Coordinates are in pixels with the origin at the top-left corner of the frame and y pointing down; the centre of
 pixel `(row, col)` sits at `(col + 0.5, row + 0.5)`. Step time `s` runs from 0 to `num_steps`; frame `f` is
@@ -53,7 +53,7 @@ PALETTE: np.ndarray = np.array(
     ],
     dtype=np.uint8,
 )
-# Dark grey rather than black: the model treats all-zero frames as padding and drops them (DESIGN.md §9).
+# Dark grey rather than black: the model treats all-zero frames as padding and drops them (docs/design.md §9).
 BACKGROUND_RGB: tuple[int, int, int] = (48, 48, 48)
 
 # Unit displacement per direction id, in image coordinates (y down).

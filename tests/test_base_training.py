@@ -1,7 +1,11 @@
-"""The embedded default's frozen base: inputs, auxiliary labels, training, checkpoints, export and its quality."""
+"""The embedded default's frozen base (`video2lora.base_training`): prompts, batches, losses, training, checkpoints,
+export, the command line and the shipped base's quality."""
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +15,7 @@ from safetensors.torch import load_file
 from transformers import SmolVLMForConditionalGeneration
 
 from processing_video2lora import Video2LoRAProcessor
-from video2lora.world import COLOURS, QUESTION_TYPES, SHAPES, generate_clip
-from video2lora.world.base_model import (
+from video2lora.base_training import (
     IGNORE,
     WORLD_OPTIONS,
     AuxiliaryHeads,
@@ -25,6 +28,7 @@ from video2lora.world.base_model import (
     evaluate_base,
     export_base,
     fast_pixel_values,
+    follow_up_prompt,
     load_training_checkpoint,
     make_batch,
     sample_turns,
@@ -32,9 +36,15 @@ from video2lora.world.base_model import (
     token_labels,
     train_base,
     training_losses,
+    write_model_card,
 )
+from video2lora.base_training.__main__ import main as base_training_main
+from video2lora.tiny import END_OF_UTTERANCE
+from video2lora.world import COLOURS, QUESTION_TYPES, SHAPES, generate_clip
 
-EMBEDDED = Path(__file__).resolve().parents[1] / "checkpoints" / "smolvlm-world"
+REPO = Path(__file__).resolve().parents[1]
+EMBEDDED = REPO / "checkpoints" / "smolvlm-world"
+TRAINING_STATE = REPO / "checkpoints" / "smolvlm-world-training" / "last-checkpoint"
 # A micro version of the recipe: same patch 4 / pixel-shuffle 4 layout (16 tokens per frame), far fewer weights.
 MICRO = dict(vision_hidden=16, vision_layers=1, text_hidden=32, text_layers=2, text_heads=2)
 
@@ -78,6 +88,74 @@ def test_batch_answers_follow_the_prompt_layout(micro):
     # Every supervised answer ends with <end_of_utterance>.
     eou = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
     assert int((batch.labels[0] == eou).sum()) >= 2
+
+
+# Token ids the hand-written chat turns of the original trainer produced for the shipped base's tokenizer: the
+# conversation layout every step of the shipped base was trained on. Any change here is a change of the recipe.
+SHIPPED_FOLLOW_UP_IDS = {
+    "what colour is the square?": [204, 508, 31, 226, 274, 295, 287, 264, 318, 36, 2, 204, 504, 89, 31],
+    "what appears first, the cross or the circle?": [204, 508, 31, 226, 274, 409, 369, 17, 264, 317, 405, 264, 316,
+                                                     36, 2, 204, 504, 89, 31],
+}
+
+
+@pytest.fixture(scope="module")
+def shipped_processor():
+    if not (EMBEDDED / "tokenizer.json").is_file():
+        pytest.skip(f"{EMBEDDED} not built yet")
+    return Video2LoRAProcessor.from_pretrained(EMBEDDED)
+
+
+def test_follow_up_turns_are_token_for_token_the_trained_layout(micro, shipped_processor):
+    """Later turns come from the processor's chat template and equal, token for token, the layout the shipped base
+    was trained with: `"\\nUser: <question><end_of_utterance>\\nAssistant:"` after an answer's end of utterance."""
+    for processor in (micro[1], shipped_processor):
+        encoder = PromptEncoder(processor, 4, [0.25, 0.75, 1.25, 1.75], 2.0)
+        for question in (*SHIPPED_FOLLOW_UP_IDS, "Describe the video."):
+            expected = f"\nUser: {question}{END_OF_UTTERANCE}\nAssistant:"
+            assert follow_up_prompt(processor, question) == expected
+            assert encoder.follow_up_ids(question) == processor.tokenizer(expected, add_special_tokens=False)["input_ids"]
+    encoder = PromptEncoder(shipped_processor, 4, [0.25, 0.75, 1.25, 1.75], 2.0)
+    for question, ids in SHIPPED_FOLLOW_UP_IDS.items():
+        assert encoder.follow_up_ids(question) == ids
+    assert encoder.answer_ids("red") == [349, 2]
+    assert encoder.prompt_ids("what colour is the square?", with_video=False) == [1, *SHIPPED_FOLLOW_UP_IDS[
+        "what colour is the square?"][1:]]
+
+
+def test_packed_row_is_the_chat_template_of_the_whole_conversation(micro):
+    """A row, decoded, is exactly what the processor's chat template writes for its conversation, video expanded."""
+    _, processor = micro
+    clips = [generate_clip(seed, **WORLD_OPTIONS) for seed in range(3)]
+    _, timestamps, duration = clip_video(clips[0])
+    encoder = PromptEncoder(processor, len(timestamps), timestamps, duration)
+    for clip in clips:
+        turns = sample_turns(clip, np.random.default_rng(clip.seed), 4, 1.0)
+        ids = encoder.prompt_ids(turns[0][0])
+        for turn, (prompt, answer) in enumerate(turns):
+            ids = ids + (encoder.follow_up_ids(prompt) if turn else []) + encoder.answer_ids(answer)
+        conversation = []
+        for turn, (prompt, answer) in enumerate(turns):
+            video = [{"type": "video"}] if turn == 0 else []
+            conversation += [{"role": "user", "content": [*video, {"type": "text", "text": prompt}]},
+                             {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        text = processor.tokenizer.apply_chat_template(conversation, chat_template=processor.chat_template,
+                                                       tokenize=False)
+        text = text.replace("<video>", encoder.video_text, 1).removesuffix("\n")  # the last answer ends the row
+        assert processor.tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+
+
+def test_blind_prompts_and_padding_are_the_processors(micro):
+    _, processor = micro
+    encoder = PromptEncoder(processor, 4, [0.25, 0.75, 1.25, 1.75], 2.0)
+    question = "what colour is the square?"
+    blind = processor.tokenizer(processor.chat_prompt(question, with_video=False), add_special_tokens=False)
+    assert encoder.prompt_ids(question, with_video=False) == blind["input_ids"]
+    ids, mask = encoder.pad([[5, 6, 7], [8]], side="left")
+    pad = processor.tokenizer.pad_token_id
+    assert ids.tolist() == [[5, 6, 7], [pad, pad, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = encoder.pad([[5, 6, 7], [8]])
+    assert ids.tolist() == [[5, 6, 7], [8, pad, pad]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
 def test_batch_moves_every_tensor_to_the_training_device(micro):
@@ -225,6 +303,23 @@ def test_new_cycle_restarts_the_schedule_from_the_checkpoint(tmp_path):
     assert state["scheduler"]["total_s"] == 300.0
 
 
+def test_shipped_training_state_still_resumes(tmp_path):
+    """`checkpoints/smolvlm-world-training/last-checkpoint` (the shipped base's training state) loads and trains on."""
+    if not (TRAINING_STATE / "trainer_state.json").is_file():
+        pytest.skip(f"{TRAINING_STATE} not present")
+    run = tmp_path / "run"
+    shutil.copytree(TRAINING_STATE, run / "last-checkpoint")
+    step = json.loads((run / "last-checkpoint" / "trainer_state.json").read_text())["step"]
+    # A new cycle of one step, on two clips: enough to restore every piece of state and take a step.
+    args = BaseTrainingArguments(output_dir=str(run), minutes=10, max_steps=1, new_cycle=True, schedule_minutes=10,
+                                 batch_clips=2, num_validation_clips=1, threads=1)
+    model, _, _ = train_base(args, resume=True)
+    state = json.loads((run / "last-checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == step + 1 and state["scheduler"]["start_step"] == step
+    shipped = load_file(str(TRAINING_STATE / "model.safetensors"))
+    assert shipped.keys() == model.state_dict().keys()
+
+
 def test_save_and_load_restore_optimizer_and_rng(micro, tmp_path):
     model, processor = micro
     heads = AuxiliaryHeads(model.config.text_config.hidden_size, 4)
@@ -271,11 +366,46 @@ def test_export_loads_offline_and_generates(micro, tmp_path):
     assert set(scores) == {"video", "blind", "num_items"}
 
 
+def test_card_carries_the_metadata_the_command_and_the_scores(tmp_path):
+    result = {"video": {"colour": 1.0, "overall": 0.9995}, "blind": {"colour": 0.25, "overall": 0.2},
+              "num_items": {"colour": 8, "overall": 8}, "split": "test", "num_clips": 2}
+    write_model_card(str(tmp_path), 1_005_248, result=result)
+    card = (tmp_path / "README.md").read_text()
+    front_matter = card.split("---")[1]
+    for line in ("library_name: transformers", "pipeline_tag: image-text-to-text", "license: apache-2.0",
+                 "- smolvlm", "- synthetic"):
+        assert line in front_matter.splitlines(), line
+    assert "(1,005,248 parameters" in card
+    assert "`python -m video2lora.base_training --output_dir runs/base --minutes 180" in card
+    assert "of 2 held-out\ntest clips" in card
+    assert card.endswith("| colour | 8 | 1.000 | 0.250 |\n| overall | 8 | 1.000 | 0.200 |\n")
+    write_model_card(str(tmp_path), 10)
+    assert (tmp_path / "README.md").read_text().endswith("written to `eval.json` by `--eval_test`.\n")
+
+
+def test_shipped_card_is_the_rendered_template(tmp_path):
+    """`checkpoints/smolvlm-world/README.md` is what `--eval_test` writes from `hub_cards/base.md` and `eval.json`."""
+    result = _embedded_eval()
+    num_parameters = sum(value.numel() for value in load_file(str(EMBEDDED / "model.safetensors")).values())
+    write_model_card(str(tmp_path), num_parameters, result=result)
+    assert (tmp_path / "README.md").read_text() == (EMBEDDED / "README.md").read_text()
+
+
+def test_command_line_help_and_usage_errors(capsys):
+    done = subprocess.run([sys.executable, "-m", "video2lora.base_training", "--help"], capture_output=True,
+                          text=True, cwd=REPO, check=True)
+    assert done.stdout.startswith("usage: python -m video2lora.base_training")
+    assert "--binding_weight" in done.stdout and "--resume" in done.stdout and "Default: 0.001." in done.stdout
+    with pytest.raises(SystemExit):
+        base_training_main(["--eval_only"])
+    assert "--eval_only needs --export" in capsys.readouterr().err
+
+
 def _embedded_eval() -> dict:
     eval_path = EMBEDDED / "eval.json"
     if not eval_path.is_file():
         if os.environ.get("REQUIRE_EMBEDDED") == "1":
-            pytest.fail(f"{eval_path} is missing; train it with `python -m video2lora.world.base_model`")
+            pytest.fail(f"{eval_path} is missing; train it with `python -m video2lora.base_training`")
         pytest.skip(f"{eval_path} not built yet (set REQUIRE_EMBEDDED=1 to make this an error)")
     return json.loads(eval_path.read_text())
 
