@@ -218,50 +218,158 @@ class Video2LoRAAdapter:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> Video2LoRAAdapter:
-        """Read a PEFT adapter folder written by `save_pretrained` (or any PEFT LoRA on the same modules)."""
-        from safetensors import safe_open
+        """
+        Read a PEFT adapter folder written by `save_pretrained` (or any PEFT LoRA on the same modules).
+
+        Only safetensors weights are read: a pickle under the weights' name is refused, never unpickled.
+
+        Args:
+            directory: the adapter folder, holding `adapter_config.json` and `adapter_model.safetensors`.
+
+        Raises:
+            `FileNotFoundError`: `directory` lacks one of the two files.
+            [`AdapterReadError`]: A file cannot be read (permission denied), `adapter_config.json` is not a JSON
+                object with sensible LoRA fields, or the weights are empty, not a safetensors file, truncated or
+                otherwise corrupt (malformed tensors, non-finite values, an A without its B).
+            [`AdapterMismatchError`]: A readable adapter of another kind, base model or layout.
+        """
+        from safetensors import SafetensorError, safe_open
 
         directory = Path(directory)
         weights, config_file = directory / ADAPTER_WEIGHTS_NAME, directory / ADAPTER_CONFIG_NAME
         if not weights.is_file() or not config_file.is_file():
             raise FileNotFoundError(f"'{directory}' is not an adapter folder: it needs {ADAPTER_CONFIG_NAME} and "
                                     f"{ADAPTER_WEIGHTS_NAME}.")
-        peft_config = json.loads(config_file.read_text())
+
+        def unreadable(path: Path, reason: str, hint: str = "internalize the video again") -> AdapterReadError:
+            # Library messages may span lines; the error must stay one line for logs and the command line.
+            return AdapterReadError(f"Cannot read adapter file '{path}': {' '.join(str(reason).split())}; {hint}.")
+
+        def read(path: Path, size: int = -1) -> bytes:
+            """The first `size` bytes of `path` (all of it by default)."""
+            try:
+                with path.open("rb") as handle:
+                    return handle.read(size)
+            except PermissionError:
+                error = unreadable(path, "permission denied", "make the file readable (chmod a+r)")
+            except OSError as os_error:
+                error = unreadable(path, f"the file cannot be read ({os_error.strerror or os_error})", "check the disk")
+            raise error
+
+        def shown(value) -> str:
+            if isinstance(value, (str, int, float, type(None))):
+                return json.dumps(value)[:40]
+            return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+
+        config_bytes = read(config_file)
+        try:
+            # From bytes, so that json detects the encoding and bad UTF-8 is reported like any other malformed JSON.
+            peft_config = json.loads(config_bytes)
+        except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, absurd integers
+            raise unreadable(config_file, f"it is not valid JSON ({getattr(error, 'msg', error)})") from None
+        if not isinstance(peft_config, dict):
+            raise unreadable(config_file, f"it holds a JSON {type(peft_config).__name__}, not an object")
         if peft_config.get("peft_type", "LORA") != "LORA":
-            raise AdapterMismatchError(f"'{directory}' holds a {peft_config.get('peft_type')} adapter, not a LoRA.")
+            raise AdapterMismatchError(f"'{directory}' holds a {shown(peft_config['peft_type'])} adapter, not a LoRA.")
         alpha, rank = peft_config.get("lora_alpha", 1), peft_config.get("r", 1)
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise unreadable(config_file, f"'r' must be a positive integer, got {shown(rank)}")
+        # `not abs(x) < inf` is true for NaN and the infinities alike.
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not abs(alpha) < float("inf"):
+            raise unreadable(config_file, f"'lora_alpha' must be a finite number, got {shown(alpha)}")
+        for name in ("base_model_name_or_path", "revision"):
+            if not isinstance(peft_config.get(name), (str, type(None))):
+                raise unreadable(config_file, f"'{name}' must be a string or null, got {shown(peft_config[name])}")
+
+        def damage(message: str) -> str:
+            """What is wrong with a weights file safetensors refused, in words (its own message is terse)."""
+            size = weights.stat().st_size
+            head = read(weights, 9)
+            if size == 0:
+                return "the file is empty (0 bytes)"
+            if head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a bare pickle
+                return "it is not a safetensors file but a pickle (e.g. torch.save output), which is never loaded"
+            if len(head) < 9 or head[8:9] != b"{":  # 8 bytes of header length, then the JSON header
+                return "it is not a safetensors file"
+            header_end = 8 + int.from_bytes(head[:8], "little")
+            if header_end > size:
+                return f"the file is truncated: its header alone needs {header_end} bytes but the file holds {size}"
+            try:
+                header = json.loads(read(weights, header_end)[8:])
+                data_end = header_end + max(end for key, info in header.items() if key != "__metadata__"
+                                            for end in info["data_offsets"])
+            except Exception:  # a header too broken to measure: safetensors' own message is all there is
+                data_end = None
+            if isinstance(data_end, int) and data_end > size:
+                return f"the file is truncated: its tensors need {data_end} bytes but the file holds {size}"
+            return f"the file is corrupt ({message})"
+
+        read(weights, 0)  # permission problems are reported as such, not as damage
         pieces: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
         known_paths = {family.decoder_layers_path for family in FAMILIES.values()}
         paths = set()
-        with safe_open(str(weights), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            for key in handle.keys():
-                match = _PEFT_KEY.match(key)
-                if match is None or match[1] not in known_paths:
-                    raise AdapterMismatchError(
-                        f"'{directory}' has key '{key}', which is not a LoRA on the text decoder of a known VLM "
-                        f"family ({sorted(FAMILIES)}); it was made for another base model."
-                    )
-                paths.add(match[1])
-                layer, name, which = int(match[2]), match[3], match[4]
-                pieces.setdefault((name, which), {})[layer] = handle.get_tensor(key)
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                for key in handle.keys():
+                    match = _PEFT_KEY.match(key)
+                    if match is None or match[1] not in known_paths:
+                        raise AdapterMismatchError(
+                            f"'{directory}' has key '{key}', which is not a LoRA on the text decoder of a known VLM "
+                            f"family ({sorted(FAMILIES)}); it was made for another base model."
+                        )
+                    paths.add(match[1])
+                    layer, name, which = int(match[2]), match[3], match[4]
+                    pieces.setdefault((name, which), {})[layer] = handle.get_tensor(key)
+        except SafetensorError as error:
+            raise unreadable(weights, damage(str(error))) from None
         if len(paths) > 1:
             raise AdapterMismatchError(f"'{directory}' mixes LoRAs of several decoders: {sorted(paths)}.")
+        if not pieces:
+            raise unreadable(weights, "it holds no LoRA weights")
         lora_a, lora_b = {}, {}
         for (name, which), by_layer in pieces.items():
             if sorted(by_layer) != list(range(len(by_layer))):
                 raise AdapterMismatchError(f"'{directory}' covers layers {sorted(by_layer)} of '{name}'; "
                                            "Video2LoRA adapters cover every decoder layer.")
-            stacked = torch.stack([by_layer[i] for i in range(len(by_layer))])[None]
-            (lora_a if which == "A" else lora_b)[name] = stacked
-        extra = json.loads(metadata.get("video2lora_metadata") or "{}")
-        stored_dtype = str(next(iter(lora_a.values())).dtype).removeprefix("torch.") if lora_a else None
+            layers = [by_layer[i] for i in range(len(by_layer))]
+            # Damage that keeps the safetensors structure valid (a flipped byte in a shape or dtype, in the data)
+            # would otherwise surface later, far from the file, as a shape error or NaN answers.
+            first = layers[0]
+            if first.ndim != 2 or not first.is_floating_point() or any(
+                    t.shape != first.shape or t.dtype != first.dtype for t in layers):
+                raise unreadable(weights, f"its '{name}' lora_{which} weights are malformed (shapes "
+                                          f"{sorted({tuple(t.shape) for t in layers})}, dtypes "
+                                          f"{sorted({str(t.dtype) for t in layers})}): the file is corrupt")
+            if not all(torch.isfinite(t).all() for t in layers):
+                raise unreadable(weights, f"its '{name}' lora_{which} weights hold NaN or infinite values: the file "
+                                          "is corrupt")
+            (lora_a if which == "A" else lora_b)[name] = torch.stack(layers)[None]
+        for name in lora_a.keys() | lora_b.keys():
+            a, b = lora_a.get(name), lora_b.get(name)
+            if a is None or b is None or a.shape[1] != b.shape[1] or a.shape[2] != b.shape[3] or a.dtype != b.dtype:
+                raise unreadable(weights, f"its '{name}' LoRA has A {None if a is None else tuple(a.shape)} and B "
+                                          f"{None if b is None else tuple(b.shape)}, which do not pair up: the file "
+                                          "is corrupt")
+        ranks = {a.shape[2] for a in lora_a.values()}
+        if len(ranks) > 1:
+            raise AdapterMismatchError(f"'{directory}' has LoRAs of ranks {sorted(ranks)}; a Video2LoRA adapter has "
+                                       "one rank.")
+        if ranks != {rank}:
+            raise unreadable(config_file, f"'r' is {rank} but the weights have rank {ranks.pop()}")
+        try:
+            extra = json.loads(metadata.get("video2lora_metadata") or "{}")
+        except (ValueError, RecursionError) as error:
+            reason = f"its video2lora_metadata is not valid JSON ({getattr(error, 'msg', error)})"
+            raise unreadable(weights, reason) from None
+        if not isinstance(extra, dict):
+            raise unreadable(weights, f"its video2lora_metadata holds a JSON {type(extra).__name__}, not an object")
+        stored_dtype = str(next(iter(lora_a.values())).dtype).removeprefix("torch.")
         return cls(lora_A=lora_a, lora_B=lora_b, scale=alpha / rank, base_dtype=stored_dtype,
-                   decoder_layers_path=paths.pop() if paths else SMOLVLM.decoder_layers_path,
+                   decoder_layers_path=paths.pop(),
                    base_model_name_or_path=peft_config.get("base_model_name_or_path"),
                    base_model_revision=peft_config.get("revision"),
                    fingerprint=metadata.get("video2lora_fingerprint") or None, metadata=extra)
-
 
 @dataclass
 class Video2LoRAOutput(ModelOutput):

@@ -486,7 +486,7 @@ def prepare_hub_folder(model: Video2LoRAModel, output_dir: str | os.PathLike, *,
                        license: str = "apache-2.0", training_summary: str | None = None) -> Path:
     """
     Write exactly the folder a Hub upload sends: hypernetwork weights (safetensors, no base weights), config with
-    `auto_map`, the custom code files, the processor files and a model card from `hub_cards/hypernetwork.md`.
+    `auto_map`, the custom code files, the processor files and a model card from `video2lora/hub_cards/hypernetwork.md`.
 
     Args:
         model: the trained model.

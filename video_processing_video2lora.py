@@ -15,7 +15,11 @@ Which frames are kept:
 - Either way, a span holding no more frames than the rule asks for returns each of its frames once.
 
 Frames are decoded with PyAV sequentially (no seeking, which is frame-inaccurate in many containers) and only the
-sampled ones are kept, so memory stays flat in the clip's length. Timestamps are read from the container's
+sampled ones are kept, so memory stays flat in the clip's length. Decoding goes packet by packet, so a few damaged
+packets (a bad block in a download, a flaky disk) do not lose the video: a sampled frame that does not decode is
+replaced by the nearest frame that does, and `SampledVideo.damaged_frames` counts the replacements. A file where
+fewer than half of the span's frames decode is refused, as are still images (a PNG or JPEG, even renamed `.mp4`):
+their frames can be passed as an array instead. Timestamps are read from the container's
 presentation timestamps, never guessed from a frame rate, and are seconds from the start of the sampled span, which
 is what SmolVLM2's "Frame from MM:SS" prompt lines describe. Frames are resized so their longest edge is at most
 `max_edge` (the base's vision resolution), keeping the aspect ratio and never upscaling.
@@ -26,9 +30,10 @@ transformers itself uses for video), its sibling Hub files and the standard libr
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -78,12 +83,16 @@ class SampledVideo:
             screen; non-decreasing and within `[0, duration)`.
         duration (`float`): Length in seconds of the whole clip, or of the span when `start`/`end` were given.
         path (`str`, *optional*): The file the frames were read from; `None` for frames that came from memory.
+        damaged_frames (`int`, *optional*, defaults to 0): How many of the sampled frames did not decode (a damaged
+            packet in the file) and were replaced by the nearest frame that did; their timestamps stay those of the
+            frames they replace. Always 0 for frames from memory.
     """
 
     frames: np.ndarray
     timestamps: list[float]
     duration: float
     path: str | None
+    damaged_frames: int = 0
 
     @property
     def num_frames(self) -> int:
@@ -192,8 +201,10 @@ def sample_video(
 
     Raises:
         `ValueError`: Invalid arguments or frames in memory of the wrong shape or type.
-        [`VideoDecodeError`]: The file is missing, empty, not a video, truncated, has no video stream or no decodable
-            frame.
+        [`VideoDecodeError`]: The file is missing, empty, a still image or not a video at all, truncated, has no
+            video stream, or fewer than half of the frames on screen during the span decode. Fewer damaged frames are
+            tolerated: each sampled frame that does not decode is replaced by the nearest one that does (see
+            [`SampledVideo.damaged_frames`]).
     """
     check_sampling(num_frames, fps, skip_secs, max_edge)
     rule = {"num_frames": num_frames, "fps": fps, "skip_secs": skip_secs}
@@ -336,10 +347,18 @@ def _sample_file(path: str, rule: dict, max_edge: int | None, start: float | Non
             raise VideoDecodeError(
                 path, f"the container has no video stream (streams: {kinds})", "pass a file that contains video"
             )
+        stream = container.streams.video[0]
         try:
-            clip_start, clip_end, num_packets = _probe(path, container, container.streams.video[0])
+            clip_start, clip_end, num_packets = _probe(path, container, stream)
         except av.FFmpegError as error:
             raise VideoDecodeError(path, f"demuxing failed ({_ffmpeg_reason(error)})") from error
+        image_format = _still_image_format(container, stream, num_packets)
+        if image_format is not None:
+            raise VideoDecodeError(
+                path,
+                f"it is a still image ({image_format}), not a video",
+                "pass a video file, or pass the image's frames as an array to sample it as a one-frame video",
+            )
 
     clip_duration = clip_end - clip_start
     span_start = 0.0 if start is None else float(start)
@@ -363,78 +382,225 @@ def _sample_file(path: str, rule: dict, max_edge: int | None, start: float | Non
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
-            times, frames = _decode_at(container, stream, clip_start, span_start, span_end, targets, keep_all_up_to,
-                                       max_edge)
+            decoded = _decode_at(container, stream, clip_start, span_start, span_end, targets, keep_all_up_to,
+                                 max_edge)
         except av.FFmpegError as error:
+            # Undecodable packets are skipped one by one; what reaches here is the demuxer failing mid-stream.
             raise VideoDecodeError(path, f"decoding failed ({_ffmpeg_reason(error)})") from error
 
-    if not frames:
-        where = "in the file" if start is None and end is None else f"in the span [{span_start}, {span_end})"
+    where = "in the file" if start is None and end is None else f"in the span [{span_start}, {span_end})"
+    failure = f" ({decoded.first_failure})" if decoded.first_failure else ""
+    if decoded.span_decodable == 0:
+        if decoded.num_failures:
+            raise VideoDecodeError(
+                path, f"decoding failed: none of the {decoded.span_frames} frames {where} could be decoded{failure}"
+            )
         raise VideoDecodeError(path, f"no frame could be decoded {where}")
+    if 2 * decoded.span_decodable < decoded.span_frames:
+        raise VideoDecodeError(
+            path,
+            f"decoding failed for {decoded.span_frames - decoded.span_decodable} of the {decoded.span_frames} frames "
+            f"{where}{failure}; at least half of them must decode",
+            "the file is damaged: re-download it, or re-encode what still decodes "
+            "(`ffmpeg -err_detect ignore_err -i FILE -c:v libx264 out.mp4`)",
+        )
     # Frames shown before the span starts are on screen at its start; report them at the span start.
-    timestamps = [max(time, span_start) - span_start for time in times]
-    return SampledVideo(frames=np.stack(frames), timestamps=timestamps, duration=span_end - span_start, path=path)
+    timestamps = [max(time, span_start) - span_start for time in decoded.times]
+    return SampledVideo(frames=np.stack(decoded.frames), timestamps=timestamps, duration=span_end - span_start,
+                        path=path, damaged_frames=decoded.damaged)
+
+
+# FFmpeg's demuxers for single pictures: `image2` (by file name), one `<format>_pipe` per image format (by content, so
+# a PNG renamed `.mp4` still lands here), and `gif`/`apng`, which also read animations.
+_IMAGE_DEMUXERS = ("image2", "gif", "apng")
+_IMAGE_CODEC_NAMES = {"mjpeg": "jpeg"}
+
+
+def _still_image_format(container, stream, num_packets: int) -> str | None:
+    """The image format (`"png"`, `"jpeg"`, ...) when the file is one still picture, else `None`.
+
+    Only a single frame from an image demuxer counts: an animated GIF or PNG, concatenated JPEGs (an MJPEG stream)
+    and a one-frame MP4 are videos.
+    """
+    if num_packets != 1:
+        return None
+    names = container.format.name.split(",")
+    for name in names:
+        if name.endswith("_pipe"):
+            return name.removesuffix("_pipe")
+    if any(name in _IMAGE_DEMUXERS for name in names):
+        codec_name = stream.codec_context.name
+        return _IMAGE_CODEC_NAMES.get(codec_name, codec_name)
+    return None
+
+
+@dataclass
+class _Failures:
+    """Decoder errors met while decoding one stream: how many, and the first one's message."""
+
+    count: int = 0
+    first: str | None = None
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = message
+
+
+def _decoded_slots(container, stream, failures: _Failures) -> Iterator[tuple[int, object | None]]:
+    """Decode the stream packet by packet and yield `(pts, frame)` for each of its frames in presentation order, with
+    `frame=None` for a frame that could not be decoded.
+
+    A packet the decoder rejects is skipped instead of aborting the whole video, and recorded in `failures`. A frame is missing when a frame with a later timestamp comes out first (decoders emit
+    frames in presentation order), or when the stream ends before it came out. Frames the decoder itself flags as
+    corrupt (decoded with concealed errors) count as missing too.
+    """
+    av = _import_av()
+    # Timestamps of the packets (frames) demuxed but not yet decoded. Packets arrive in decode order, which differs
+    # from presentation order only within the codec's reorder window, so this stays a handful of integers.
+    pending: list[int] = []
+    last_pts: int | None = None
+
+    def missing_before(pts: float) -> Iterator[tuple[int, None]]:
+        nonlocal last_pts
+        while pending and pending[0] < pts:
+            missing = heapq.heappop(pending)
+            if last_pts is None or missing > last_pts:  # a stray late packet would step back in time: dropped
+                last_pts = missing
+                yield missing, None
+
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            heapq.heappush(pending, packet.pts)
+        try:
+            frames = packet.decode()  # the final empty packet flushes the decoder's delayed frames
+        except av.FFmpegError as error:
+            failures.add(_ffmpeg_reason(error))
+            continue
+        for frame in frames:
+            if frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
+                continue
+            yield from missing_before(frame.pts)
+            if pending and pending[0] == frame.pts:
+                heapq.heappop(pending)
+            last_pts = frame.pts
+            yield frame.pts, None if frame.is_corrupt else frame
+    yield from missing_before(math.inf)
+
+
+@dataclass
+class _Decoded:
+    """What `_decode_at` kept, and how damaged the span was."""
+
+    times: list[float]
+    frames: list[np.ndarray]
+    damaged: int  # kept frames taken from a neighbour because their own frame did not decode
+    span_frames: int  # frames on screen during the span
+    span_decodable: int  # of those, the ones that decoded
+    num_failures: int
+    first_failure: str | None
 
 
 def _decode_at(container, stream, clip_start: float, span_start: float, span_end: float, targets: list[float],
-               keep_all_up_to: int, max_edge: int | None) -> tuple[list[float], list[np.ndarray]]:
+               keep_all_up_to: int, max_edge: int | None) -> _Decoded:
     """Decode sequentially, keeping the frame on screen at each target time, or every frame of a span that holds at
     most `keep_all_up_to` of them.
 
     A frame is on screen from its own timestamp until the next frame's, so a frame's fate is decided when the next
-    one arrives (or the stream ends). Returns the kept frames' times (seconds from the clip start) and arrays.
+    one arrives (or the stream ends). A frame to keep that did not decode is replaced by the nearest decodable frame
+    in time (the earlier one on a tie), keeping its own timestamp, so damage never shifts the sampled times. Times are
+    seconds from the clip start.
     """
     next_target = 0
-    sampled_times: list[float] = []
-    sampled_frames: list[np.ndarray] = []
+    # Kept frames as `[time, array, damaged]`; a damaged entry's array is filled in once its replacement is known.
+    sampled: list[list] = []
     # Every frame on screen during the span, while there are at most `keep_all_up_to` of them; then dropped (None),
     # so memory stays bounded. This guarantees "all frames, once each" for short spans even with variable frame
     # rates, where target times could skip a brief frame.
-    span_times: list[float] | None = []
-    span_frames: list[np.ndarray] | None = []
+    in_span: list[list] | None = []
+    waiting: list[list] = []  # damaged entries waiting for the next decodable frame
     output_size: tuple[int, int] | None = None
+    span_frames = span_decodable = 0
 
-    previous_time: float | None = None
-    previous_frame = None
+    # The last decodable frame: `[time, frame, array or None]`, the array converted once on first use.
+    last_good: list | None = None
+    failures = _Failures()
 
-    def close_previous(next_time: float) -> None:
-        """Decide the fate of the previous frame, which is on screen during `[previous_time, next_time)`."""
-        nonlocal next_target, span_times, span_frames, output_size
+    def to_array(frame) -> np.ndarray:
+        nonlocal output_size
+        if output_size is None:
+            # Fixed from the first kept frame so every frame has the same size even if the stream changes resolution.
+            output_size = _fitted_size(frame.width, frame.height, max_edge)
+        return _to_array(frame.to_image(), output_size)
+
+    def good_array(good: list) -> np.ndarray:
+        if good[2] is None:
+            good[2] = to_array(good[1])
+        return good[2]
+
+    def close(time: float, good: list | None, next_time: float) -> None:
+        """Decide the fate of the frame on screen during `[time, next_time)`; `good` is None if it did not decode."""
+        nonlocal next_target, in_span, span_frames, span_decodable
         hits_target = False
         while next_target < len(targets) and targets[next_target] < next_time:
             hits_target = True
             next_target += 1
-        on_screen_in_span = previous_time < span_end and next_time > span_start
-        if not (hits_target or (on_screen_in_span and span_frames is not None)):
+        on_screen_in_span = time < span_end and next_time > span_start
+        if on_screen_in_span:
+            span_frames += 1
+            span_decodable += good is not None
+        if not (hits_target or (on_screen_in_span and in_span is not None)):
             return
-        if output_size is None:
-            # Fixed from the first kept frame so every frame has the same size even if the stream changes resolution.
-            output_size = _fitted_size(previous_frame.width, previous_frame.height, max_edge)
-        array = _to_array(previous_frame.to_image(), output_size)
+        if good is not None:
+            entry = [time, good_array(good), False]
+        else:
+            entry = [time, None, True]
+            waiting.append(entry)
         if hits_target:
-            sampled_times.append(previous_time)
-            sampled_frames.append(array)
-        if on_screen_in_span and span_frames is not None:
-            span_times.append(previous_time)
-            span_frames.append(array)
-            if len(span_frames) > keep_all_up_to:
-                span_times = span_frames = None
+            sampled.append(entry)
+        if on_screen_in_span and in_span is not None:
+            in_span.append(entry)
+            if len(in_span) > keep_all_up_to:
+                in_span = None
 
-    for frame in container.decode(stream):
-        if frame.pts is None:
-            continue
-        time = float(frame.pts * stream.time_base) - clip_start
-        if previous_frame is not None:
-            close_previous(time)
+    def replace_waiting(next_good: list | None) -> None:
+        """Fill the damaged entries with the nearer of the last decodable frame and `next_good` (None: stream end)."""
+        for entry in waiting:
+            use_next = next_good is not None and (last_good is None or next_good[0] - entry[0] < entry[0] - last_good[0])
+            if use_next or last_good is not None:
+                entry[1] = good_array(next_good if use_next else last_good)
+        waiting.clear()
+
+    previous: tuple[float, list | None] | None = None
+    for pts, frame in _decoded_slots(container, stream, failures):
+        time = float(pts * stream.time_base) - clip_start
+        good = None if frame is None else [time, frame, None]
+        if previous is not None:
+            close(*previous, time)
+        if good is not None:
+            replace_waiting(good)
+            last_good = good
         if time >= span_end:
-            # Nothing from here on is on screen during the span: stop decoding early.
-            previous_frame = None
-            break
-        previous_time, previous_frame = time, frame
-    if previous_frame is not None:
-        # The last decoded frame stays on screen until the clip ends.
-        close_previous(math.inf)
+            # Nothing from here on is on screen during the span: stop decoding early, once every damaged frame kept
+            # has its replacement.
+            previous = None
+            if not waiting:
+                break
+            continue
+        previous = (time, good)
+    if previous is not None:
+        # The last frame stays on screen until the clip ends.
+        close(*previous, math.inf)
+    replace_waiting(None)
 
-    if span_frames:
-        return span_times, span_frames
-    return sampled_times, sampled_frames
+    kept = in_span if in_span else sampled
+    kept = [entry for entry in kept if entry[1] is not None]  # only without any decodable frame, refused by the caller
+    return _Decoded(
+        times=[entry[0] for entry in kept],
+        frames=[entry[1] for entry in kept],
+        damaged=sum(entry[2] for entry in kept),
+        span_frames=span_frames,
+        span_decodable=span_decodable,
+        num_failures=failures.count,
+        first_failure=failures.first,
+    )

@@ -47,7 +47,7 @@ from video2lora.tiny import build_processor, tiny_smolvlm_config, tokens_per_fra
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
-TINY_CHECKPOINT = REPO_ROOT / "checkpoints" / "video2lora-world"
+TINY_CHECKPOINT = REPO_ROOT / "video2lora" / "checkpoints" / "video2lora-world"
 MODEL_CHOICES = ("tiny", "500m", "quick")
 QUESTION = "What colour is the circle that moves left?"
 
@@ -104,7 +104,7 @@ def load_model(name: str, image_size: int | None = None, seed: int = 0) -> Bench
     Build one of the benchmarked models, in float32 and eval mode.
 
     Args:
-        name: `"tiny"` (the embedded default from `checkpoints/video2lora-world/` when it exists, else a random model
+        name: `"tiny"` (the embedded default from `video2lora/checkpoints/video2lora-world/` when it exists, else a random model
             of the same shape), `"500m"` (SmolVLM2-500M's architecture with random weights and the published
             hypernetwork configuration) or `"quick"` (the tests' tiny random model, for `--quick` runs).
         image_size: frame resolution; changes the tokens per frame. A trained checkpoint only runs at its own

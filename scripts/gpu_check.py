@@ -1,6 +1,6 @@
 """Check the core path on a CUDA GPU against the CPU, with the embedded default model.
 
-    python scripts/gpu_check.py [--model checkpoints/video2lora-world] [--clips 6] [--output gpu_check.json]
+    python scripts/gpu_check.py [--model video2lora/checkpoints/video2lora-world] [--clips 6] [--output gpu_check.json]
 
 On a machine without PyAV (which `video2lora.world` needs to import), render the clips elsewhere with
 `--save_clips clips.npz` (no GPU needed) and check them with `--load_clips clips.npz`.
@@ -56,7 +56,7 @@ def max_difference(first, second) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(REPO / "checkpoints" / "video2lora-world"))
+    parser.add_argument("--model", default=str(REPO / "video2lora" / "checkpoints" / "video2lora-world"))
     parser.add_argument("--device", default="cuda", help="the accelerator to check against the CPU")
     parser.add_argument("--clips", type=int, default=6, help="held-out test clips to check")
     parser.add_argument("--output", default=None, help="also write the report here (JSON)")

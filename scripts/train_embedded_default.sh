@@ -4,14 +4,14 @@
 # trainings checkpoint atomically). Wall time on 2 shared CPU cores: see README.md, "The embedded default".
 #
 #   bash scripts/train_embedded_default.sh            # both steps
-#   SKIP_BASE=1 bash scripts/train_embedded_default.sh  # only the hypernetwork, on checkpoints/smolvlm-world
+#   SKIP_BASE=1 bash scripts/train_embedded_default.sh  # only the hypernetwork, on video2lora/checkpoints/smolvlm-world
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
 DATA=${DATA:-data/world}
 RUNS=${RUNS:-runs}
-BASE=checkpoints/smolvlm-world
-V2L=checkpoints/video2lora-world
+BASE=video2lora/checkpoints/smolvlm-world
+V2L=video2lora/checkpoints/video2lora-world
 
 # 1. The frozen base and teacher: a tiny SmolVLM trained from scratch on in-memory world clips (docs/design.md §8).
 #    BASE_DEVICE=cuda trains it on a GPU when there is one (same recipe; the wall-time budget then buys ~25x the steps).
@@ -83,7 +83,7 @@ for mode in concat average; do
     --compose "$mode" --num_frames 4 --model "$V2L" --output_dir "$V2L/eval-compose-$mode" --overwrite
 done
 
-# 8. The hypernetwork's model card (hub_cards/hypernetwork.md), with the held-out numbers of step 6.
+# 8. The hypernetwork's model card (video2lora/hub_cards/hypernetwork.md), with the held-out numbers of step 6.
 python - "$V2L" "$RUNS/video2lora" "${INIT_FROM:-}" "${KL_WEIGHT:-1.0}" "$DATA/train_teacher.jsonl" <<'PY'
 import json, sys, tempfile
 from pathlib import Path
@@ -101,7 +101,7 @@ start = f", continuing the hypernetwork in {init_from}" if init_from else ""
 model = Video2LoRAModel.from_pretrained(v2l)
 positions = " with context positions" if model.config.use_context_positions else ""
 summary = (f"Trained with scripts/train_embedded_default.sh: {state['global_step']:,} steps of 8 videos{positions}{start} on the "
-           f"cached answers of checkpoints/smolvlm-world over {num_clips:,} world clips (cross-entropy plus {kl_weight} x KL to "
+           f"cached answers of video2lora/checkpoints/smolvlm-world over {num_clips:,} world clips (cross-entropy plus {kl_weight} x KL to "
            f"the teacher's top-8 log-probs); final training loss {loss:.2f}. Held-out "
            f"quality: eval/report.md (V2L {em['means']['v2l']:.3f} vs Base {em['means']['base']:.3f} exact match on "
            f"{em['num_items']:,} test questions, Blind {em['means']['blind']:.3f}).")

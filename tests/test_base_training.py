@@ -43,8 +43,8 @@ from video2lora.tiny import END_OF_UTTERANCE
 from video2lora.world import COLOURS, QUESTION_TYPES, SHAPES, generate_clip
 
 REPO = Path(__file__).resolve().parents[1]
-EMBEDDED = REPO / "checkpoints" / "smolvlm-world"
-TRAINING_STATE = REPO / "checkpoints" / "smolvlm-world-training" / "last-checkpoint"
+EMBEDDED = REPO / "video2lora" / "checkpoints" / "smolvlm-world"
+TRAINING_STATE = REPO / "video2lora" / "checkpoints" / "smolvlm-world-training" / "last-checkpoint"
 # A micro version of the recipe: same patch 4 / pixel-shuffle 4 layout (16 tokens per frame), far fewer weights.
 MICRO = dict(vision_hidden=16, vision_layers=1, text_hidden=32, text_layers=2, text_heads=2)
 
@@ -304,7 +304,7 @@ def test_new_cycle_restarts_the_schedule_from_the_checkpoint(tmp_path):
 
 
 def test_shipped_training_state_still_resumes(tmp_path):
-    """`checkpoints/smolvlm-world-training/last-checkpoint` (the shipped base's training state) loads and trains on."""
+    """`video2lora/checkpoints/smolvlm-world-training/last-checkpoint` (the shipped base's training state) loads and trains on."""
     if not (TRAINING_STATE / "trainer_state.json").is_file():
         pytest.skip(f"{TRAINING_STATE} not present")
     run = tmp_path / "run"
@@ -384,7 +384,7 @@ def test_card_carries_the_metadata_the_command_and_the_scores(tmp_path):
 
 
 def test_shipped_card_is_the_rendered_template(tmp_path):
-    """`checkpoints/smolvlm-world/README.md` is what `--eval_test` writes from `hub_cards/base.md` and `eval.json`."""
+    """`video2lora/checkpoints/smolvlm-world/README.md` is what `--eval_test` writes from `video2lora/hub_cards/base.md` and `eval.json`."""
     result = _embedded_eval()
     num_parameters = sum(value.numel() for value in load_file(str(EMBEDDED / "model.safetensors")).values())
     write_model_card(str(tmp_path), num_parameters, result=result)

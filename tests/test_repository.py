@@ -3,6 +3,7 @@ the machine that made it."""
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:work|root|home|Users|tmp|private|mnt
 
 
 def _checkpoint_folders() -> list[Path]:
-    return sorted(path.parent for path in REPO.glob("**/checkpoints/*/config.json"))
+    return sorted(path.parent for path in (REPO / "video2lora" / "checkpoints").glob("*/config.json"))
 
 
 def _shipped_files() -> list[Path]:
@@ -64,3 +65,28 @@ def test_the_machine_path_check_can_fail():
     assert MACHINE_PATH.search("_name_or_path: /root/.cache/huggingface/x")
     assert not MACHINE_PATH.search("see docs/design.md and https://example.org/work/page")
     assert not MACHINE_PATH.search("../smolvlm-world")
+
+
+def test_a_wheel_ships_the_embedded_default_cards_and_hub_files(tmp_path):
+    """A non-editable `pip install .` gets everything the demo needs from the package itself."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"  # the tracked files alone: a checkout's build/ may hold stale copies
+    for path in _shipped_files() + [REPO / "tests" / "__init__.py"]:
+        if path.exists():
+            target = source / path.relative_to(REPO)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("video2lora-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder in ("video2lora-world", "smolvlm-world"):
+        assert f"video2lora/checkpoints/{folder}/model.safetensors" in names
+        assert f"video2lora/checkpoints/{folder}/processor_config.json" in names
+    assert {"video2lora/hub_cards/adapter.md", "video2lora/hub_cards/hypernetwork.md",
+            "video2lora/hub_cards/base.md"} <= names
+    assert {*HUB_FILES, "train_hf.py"} <= names
+    assert not any(name.startswith("video2lora/checkpoints/smolvlm-world-training/") for name in names)

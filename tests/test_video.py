@@ -294,6 +294,13 @@ def make_bad_video(kind: str, tmp_path, good_path) -> tuple[str, str]:
     if kind == "audio_only":
         write_audio_only(path)
         return str(path), "no video stream"
+    if kind in ("png", "jpeg", "png_named_mp4"):
+        image = PIL.Image.fromarray(make_frames(1, 24, 32)[0])
+        image_format = kind.removesuffix("_named_mp4")
+        if kind != "png_named_mp4":
+            path = path.with_suffix(f".{image_format}")
+        image.save(path, format=image_format.upper())
+        return str(path), f"still image ({image_format})"
     path = path.with_suffix(".mkv")
     if kind == "undecodable":
         write_with_undecodable_packets(good_path, path)
@@ -312,6 +319,9 @@ BAD_KINDS = [
     "truncated",
     "truncated_faststart",
     "audio_only",
+    "png",
+    "jpeg",
+    "png_named_mp4",
     "undecodable",
     "no_frames",
 ]
@@ -329,6 +339,100 @@ def test_every_unreadable_video_raises_video_decode_error(tmp_path, clip_20, kin
     assert message.startswith(f"cannot read video '{path}': {error.reason}")
     assert "\n" not in message
     assert isinstance(error, ValueError)
+
+
+def test_still_image_hint_points_to_frames_in_memory(tmp_path, clip_20):
+    path, _ = make_bad_video("png_named_mp4", tmp_path, clip_20[0])
+    with pytest.raises(VideoDecodeError, match="pass the image's frames as an array"):
+        sample_video(path)
+    # The image's one frame in memory is a one-frame video, deliberately.
+    frames = np.asarray(PIL.Image.open(path).convert("RGB"))[None]
+    assert sample_video(frames).num_frames == 1
+
+
+def test_animated_gif_is_a_video_not_a_still_image(tmp_path):
+    path = tmp_path / "anim.gif"
+    images = [PIL.Image.fromarray(frame) for frame in make_frames(6, 16, 16)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=125)
+    video = sample_video(path, num_frames=6)
+    assert [frame_index(frame) for frame in video.frames] == list(range(6))
+
+
+def noisy_clip(path, num_frames: int = 48) -> np.ndarray:
+    """A clip whose frames carry noise in red and green: every packet is a few KB, so a damaged 2 KB block in the
+    file hits one or two frames instead of the index. Blue still identifies the frame (see `frame_index`)."""
+    frames = make_frames(num_frames, 64, 64)
+    frames[..., :2] = np.random.default_rng(1).integers(40, 200, frames[..., :2].shape, dtype=np.uint8)
+    write_video(path, frames, fps=FPS)
+    return frames
+
+
+def overwrite(path, start: int, size: int, seed: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[start : start + size] = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def undecodable_timestamps(path) -> list[int]:
+    """The presentation timestamps of the frames FFmpeg cannot decode (or flags as corrupt), found independently
+    of the sampler by decoding every packet with the same threading."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        packets, decoded = set(), set()
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                packets.add(packet.pts)
+            try:
+                decoded |= {frame.pts for frame in packet.decode() if not frame.is_corrupt}
+            except av.FFmpegError:
+                pass
+    return sorted(packets - decoded)
+
+
+def test_a_damaged_block_in_the_middle_costs_only_the_frames_it_hits(tmp_path):
+    path = tmp_path / "damaged.mp4"
+    noisy_clip(path)
+    intact = sample_video(path, num_frames=48, max_edge=None)
+    assert intact.damaged_frames == 0
+    # From where frame 26's packet starts (mid-file, and one of the 12 frames sampled below): the damage hits its
+    # NAL header, which no decoder can conceal.
+    with av.open(str(path)) as container:
+        middle = sorted((packet.pts, packet.pos) for packet in container.demux() if packet.pts is not None)[26][1]
+    overwrite(path, middle, 2048, seed=0)
+    missing = undecodable_timestamps(path)
+    assert 1 <= len(missing) <= 3  # the block is local: a frame or two, never the whole clip
+
+    video = sample_video(path, num_frames=48, max_edge=None)
+    assert video.damaged_frames == len(missing)
+    # Damage never moves the sampled times; a lost frame shows its nearest neighbour that decoded.
+    assert video.timestamps == intact.timestamps
+    with av.open(str(path)) as container:
+        time_base = container.streams.video[0].time_base
+    lost = {round(float(pts * time_base) * FPS) for pts in missing}
+    for index in range(48):
+        if index in lost:
+            neighbours = [video.frames[i] for i in (index - 1, index + 1) if 0 <= i < 48 and i not in lost]
+            assert any(np.array_equal(video.frames[index], neighbour) for neighbour in neighbours)
+        elif index - 1 not in lost:  # the frame after a lost one may show the decoder's concealment
+            assert frame_index(video.frames[index]) == frame_index(intact.frames[index])
+
+    # Sampling fewer frames counts only the sampled ones that were replaced.
+    sampled = sample_video(path, num_frames=12)
+    hit = [index for index in expected_sample(48, 12) if index in lost]
+    assert hit and sampled.damaged_frames == len(hit)
+    assert sampled.timestamps == pytest.approx([index / FPS for index in expected_sample(48, 12)])
+
+
+def test_a_mostly_damaged_video_is_refused(tmp_path):
+    path = tmp_path / "ruined.mp4"
+    noisy_clip(path)
+    size = path.stat().st_size
+    overwrite(path, size // 10, size * 6 // 10, seed=0)  # the index (moov) at the end stays intact
+    with pytest.raises(VideoDecodeError, match="at least half of them must decode") as caught:
+        sample_video(path)
+    assert "decoding failed for" in caught.value.reason
+    assert "\n" not in str(caught.value)
 
 
 def test_video_decode_error_survives_pickling():

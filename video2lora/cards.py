@@ -1,5 +1,5 @@
-"""Model cards for Hub uploads: a trained hypernetwork (`hub_cards/hypernetwork.md`), an emitted adapter
-(`hub_cards/adapter.md`) and the embedded default's tiny base (`hub_cards/base.md`).
+"""Model cards for Hub uploads: a trained hypernetwork (`video2lora/hub_cards/hypernetwork.md`), an emitted adapter
+(`video2lora/hub_cards/adapter.md`) and the embedded default's tiny base (`video2lora/hub_cards/base.md`).
 
 Templates are Jinja files whose front matter is the single placeholder `{{ card_data }}`; [`render_card`] fills it
 with `huggingface_hub.ModelCardData`, so the YAML metadata (`library_name`, `base_model`, `pipeline_tag`, `tags`,
@@ -14,8 +14,8 @@ from typing import Any
 
 __all__ = ["CARD_METADATA_FIELDS", "HUB_CARDS_DIR", "render_card"]
 
-# The repository's `hub_cards/` folder (this package sits beside it in a checkout or an editable install).
-HUB_CARDS_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
+# Package data: installed with the package, editable or not.
+HUB_CARDS_DIR = Path(__file__).resolve().parent / "hub_cards"
 # Fields that go to the YAML front matter; every other field is a template variable of the card body.
 CARD_METADATA_FIELDS = ("library_name", "base_model", "pipeline_tag", "tags", "license", "datasets", "language",
                         "metrics", "model_name")
@@ -29,7 +29,7 @@ def render_card(template_name: str, *, template_dir: str | os.PathLike | None = 
         template_name (`str`):
             File name in `template_dir`, with or without the `.md` suffix (e.g. `"hypernetwork"`, `"adapter.md"`).
         template_dir (`str` or `os.PathLike`, *optional*):
-            Folder of the templates; defaults to the repository's `hub_cards/`.
+            Folder of the templates; defaults to the repository's `video2lora/hub_cards/`.
         fields:
             Metadata fields (`library_name`, `base_model`, `pipeline_tag`, `tags`, `license`, `datasets`, ...) become
             the front matter; `None` values are left out. All other fields are variables of the card's body. A

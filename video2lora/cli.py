@@ -6,7 +6,7 @@
     video2lora demo                                           # a generated world clip, end to end
     video2lora eval --manifest data/world/test.jsonl          # Base vs V2L vs Blind (docs/design.md §6)
 
-`--model` takes a Hub id or a local folder and defaults to the embedded checkpoint (`checkpoints/video2lora-world`).
+`--model` takes a Hub id or a local folder and defaults to the embedded checkpoint (`video2lora/checkpoints/video2lora-world`).
 User errors (a missing or unreadable file, a bad manifest row, an adapter made for another base, a missing model)
 print one line to stderr and exit with status 2. The model-running code lives in [`video2lora.runner`]; this
 module parses arguments, formats output and imports the heavy libraries only once a command runs, so that

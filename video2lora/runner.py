@@ -42,8 +42,8 @@ __all__ = [
 ]
 
 # The embedded default: the hypernetwork trained on the generated world, whose config names its frozen base
-# `../smolvlm-world`. Resolved from this file so that it works from any working directory with the editable install.
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "checkpoints" / "video2lora-world"
+# `../smolvlm-world`. Package data, so it is found from any working directory, installed editable or not.
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "checkpoints" / "video2lora-world"
 
 # Greedy decoding with at most 64 new tokens is the protocol's (docs/design.md §5-6); every system uses the same.
 DEFAULT_MAX_NEW_TOKENS = 64

@@ -9,13 +9,13 @@ late layers' attention ([`binding_loss`]) then makes the token that answers a qu
 object: without it the model never learned to find an object by its shape name.
 
 ```bash
-python -m video2lora.base_training --output_dir runs/base --minutes 35 --export checkpoints/smolvlm-world --eval_test
+python -m video2lora.base_training --output_dir runs/base --minutes 35 --export video2lora/checkpoints/smolvlm-world --eval_test
 ```
 
 Training is resumable (`--resume`): see `loop`. Modules: `recipe` (arguments, architecture, world options, a fresh
 model), `batches` (frames, packed chat turns, per-token labels), `losses` (answer, auxiliary and binding losses),
 `evaluation` (greedy exact match with the video and blind), `loop` (training, schedule, checkpoints), `export` (the
-Hugging Face folder and its card, `hub_cards/base.md`); `python -m video2lora.base_training` is the command line.
+Hugging Face folder and its card, `video2lora/hub_cards/base.md`); `python -m video2lora.base_training` is the command line.
 """
 
 from .batches import (

@@ -1,8 +1,8 @@
 """Command line: train the embedded default's base, export it as a Hugging Face folder and score it.
 
 ```bash
-python -m video2lora.base_training --output_dir runs/base --minutes 35 --export checkpoints/smolvlm-world --eval_test
-python -m video2lora.base_training --eval_only --export checkpoints/smolvlm-world --eval_test
+python -m video2lora.base_training --output_dir runs/base --minutes 35 --export video2lora/checkpoints/smolvlm-world --eval_test
+python -m video2lora.base_training --eval_only --export video2lora/checkpoints/smolvlm-world --eval_test
 ```
 """
 

@@ -1,4 +1,4 @@
-"""The trained base as a standard Hugging Face folder, its held-out score and its model card (`hub_cards/base.md`)."""
+"""The trained base as a standard Hugging Face folder, its held-out score and its model card (`video2lora/hub_cards/base.md`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .recipe import WORLD_OPTIONS, base_generation_config
 __all__ = ["REPRODUCE_COMMAND", "evaluate_folder", "export_base", "write_model_card"]
 
 REPRODUCE_COMMAND = (
-    "python -m video2lora.base_training --output_dir runs/base --minutes 180 --export checkpoints/smolvlm-world "
+    "python -m video2lora.base_training --output_dir runs/base --minutes 180 --export video2lora/checkpoints/smolvlm-world "
     "--eval_test"
 )
 CARD_TAGS = ["smolvlm", "video", "video2lora", "tiny", "synthetic"]
@@ -26,7 +26,7 @@ CARD_TAGS = ["smolvlm", "video", "video2lora", "tiny", "synthetic"]
 
 def write_model_card(path: str, num_parameters: int, command: str = REPRODUCE_COMMAND,
                      result: dict | None = None) -> None:
-    """Write the folder's `README.md` from `hub_cards/base.md`, with the evaluation table when `result` is given.
+    """Write the folder's `README.md` from `video2lora/hub_cards/base.md`, with the evaluation table when `result` is given.
 
     Args:
         path (`str`): The exported folder.
