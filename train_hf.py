@@ -43,6 +43,7 @@ from transformers.utils import logging as hf_logging
 from modeling_video2lora import Video2LoRAModel
 from processing_video2lora import Video2LoRAProcessor
 from video2lora.cards import render_card
+from video2lora.checks import UsageError, check_writable_folder
 from video2lora.data import ManifestError, question_type, read_manifest
 from video2lora.video import VideoDecodeError, sample_video
 
@@ -592,6 +593,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     # Our own upload (prepare_hub_folder) replaces Trainer's, which would push checkpoints with a generic card.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
+    # Checked before any model or video is read: a bad path should not surface after the data is decoded.
+    for flag, manifest in (("--train_manifest", data_args.train_manifest), ("--eval_manifest", data_args.eval_manifest)):
+        if manifest is not None and not os.path.isfile(manifest):
+            raise TrainingSetupError(f"{flag} '{manifest}' does not exist or is not a file.")
+    try:
+        check_writable_folder(training_args.output_dir, "--output_dir")
+    except UsageError as error:
+        raise TrainingSetupError(str(error)) from None
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is not None and checkpoint.lower() in ("true", "last"):
         # `--resume_from_checkpoint last` picks the newest checkpoint-N of output_dir.
@@ -656,8 +665,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     return metrics
 
 
-if __name__ == "__main__":
+def _run_from_command_line() -> int:
+    """`main()` with user errors as one line (exit 2) and Ctrl-C as one line (exit 130); checkpoints already written
+    stay, and `--resume_from_checkpoint last` continues from the newest."""
     try:
         main()
-    except (TrainingSetupError, ManifestError) as error:
-        raise SystemExit(f"error: {error}") from None
+    except (TrainingSetupError, ManifestError, VideoDecodeError) as error:
+        print(f"train_hf.py: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("train_hf.py: interrupted; rerun with --resume_from_checkpoint last to continue from the newest "
+              "checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_run_from_command_line())

@@ -129,7 +129,7 @@ def test_sharded_run_merges_in_manifest_order(setup, reference_output):
     _same_manifest(_rows(output), _rows(reference_output[0]))
 
 
-def test_bad_input_fails_with_one_line_errors(setup, tmp_path):
+def test_bad_input_fails_with_one_line_errors(setup, tmp_path, capsys):
     with pytest.raises(ManifestError, match="does not exist"):
         generate_teacher_targets(setup["vlm"], setup["processor"], tmp_path / "nope.jsonl", tmp_path / "o.jsonl")
     with pytest.raises(ValueError, match="must differ"):
@@ -140,9 +140,11 @@ def test_bad_input_fails_with_one_line_errors(setup, tmp_path):
     not_a_vlm = tmp_path / "bert"
     not_a_vlm.mkdir()
     (not_a_vlm / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    capsys.readouterr()
     with pytest.raises(SystemExit) as error:
         main(["--model", str(not_a_vlm), "--manifest", str(setup["manifest"]), "--output", str(tmp_path / "o.jsonl")])
-    assert "'bert' model" in str(error.value) and "\n" not in str(error.value)
+    err = capsys.readouterr().err
+    assert error.value.code == 2 and "'bert' model" in err and err.count("\n") == 1
     # A manifest whose every row is bad still yields a (empty) well-formed output.
     bad = tmp_path / "bad.jsonl"
     write_manifest(bad, [{"id": "x"}])

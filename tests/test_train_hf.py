@@ -358,3 +358,21 @@ def test_push_uploads_the_prepared_folder(workspace, tmp_path, monkeypatch):
     assert calls["create_repo"] == ("me/v2l-tiny", None, True)
     expected = sorted(p.name for p in (tmp_path / "out" / "hub").iterdir())
     assert calls["upload"] == ("me/v2l-tiny", expected) and "README.md" in expected and "model.safetensors" in expected
+
+
+def test_setup_errors_are_one_line_and_exit_2_before_anything_loads(tmp_path):
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["--train_manifest", str(tmp_path / "gone.jsonl")], "--train_manifest", "does not exist"),
+        (["--train_manifest", str(tmp_path / "file"), "--output_dir", str(tmp_path / "file" / "out")],
+         "--output_dir", "is a file"),
+    ]
+    for extra, *fragments in cases:
+        command = [sys.executable, "train_hf.py", "--base_model_name_or_path", str(tmp_path / "no-base"),
+                   "--output_dir", str(tmp_path / "out"), *extra]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        errors = [line for line in result.stderr.splitlines() if line.startswith("train_hf.py: error:")]
+        assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
+        assert all(fragment in errors[0] for fragment in fragments), errors[0]
+        assert "Traceback" not in result.stderr

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -427,7 +428,12 @@ def main(argv: Sequence[str] | None = None) -> TeacherReport:
             barrier=state.wait_for_everyone, progress=not args.no_progress,
         )
     except (ManifestError, ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
+        print(f"video2lora.teacher: error: {' '.join(str(error).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        # Answered rows are already on disk in the part files; a rerun skips them.
+        print("video2lora.teacher: interrupted; rerun the same command to continue", file=sys.stderr)
+        raise SystemExit(130) from None
     if state.is_main_process:
         print(f"teacher: {report.num_rows} rows, {len(report.bad_rows)} skipped, output {report.output}")
     return report
