@@ -22,6 +22,14 @@ TINY_HYPERNETWORK = dict(lora_r=4, latent_size=32, num_latents=4, num_blocks=2, 
 TINY_SAMPLING = {"fps": None, "max_frames": 4}
 
 
+@pytest.fixture(autouse=True)
+def adapter_store(tmp_path_factory, monkeypatch):
+    """Every test's `video2lora ask VIDEO` stores adapters in a fresh folder, never in the user's cache."""
+    root = tmp_path_factory.mktemp("store")
+    monkeypatch.setenv("VIDEO2LORA_STORE", str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return build_tokenizer(["a red circle moves left.", "what colour is the square?", "blue", "triangle"])

@@ -4,6 +4,7 @@
     video2lora ask clip.mp4 "what colour is the square?"      # answer with zero visual tokens
     video2lora ask clip-adapter/ "what shape is the red object?" --compare
     video2lora demo                                           # a generated world clip, end to end
+    video2lora store list                                     # adapters `ask VIDEO` stored for reuse
     video2lora eval --manifest data/world/test.jsonl          # Base vs V2L vs Blind (docs/design.md §6)
 
 `--model` takes a Hub id or a local folder and defaults to the embedded checkpoint (`video2lora/checkpoints/video2lora-world`).
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import sys
@@ -36,6 +36,7 @@ from .checks import (
     positive_int,
 )
 from .data import ManifestError, read_manifest, resolve_data_root
+from .store import AdapterStore, sha256_file
 from .video import SampledVideo, VideoDecodeError
 
 if TYPE_CHECKING:
@@ -136,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("questions", metavar="QUESTION", nargs="+", help="one or more questions")
     ask.add_argument("--compare", action="store_true",
                      help="also answer with the video in context (Base), with timings and visual-token counts")
+    ask.add_argument("--store", default=None, metavar="DIR",
+                     help="adapter store to reuse and fill (default: $VIDEO2LORA_STORE, else the Hugging Face cache's "
+                          "video2lora/adapters)")
+    ask.add_argument("--no_store", action="store_true", help="internalize the video again and store nothing")
     _add_model_arguments(ask)
     _add_frame_arguments(ask)
 
@@ -145,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="which test clip: index N inside the test split's seed range (seed 2,000,000 + N)")
     demo.add_argument("--compare", action="store_true", help="also answer with the video in context (Base)")
     _add_model_arguments(demo)
+
+    store = commands.add_parser("store", help="list or clear the adapter store that `ask VIDEO` fills",
+                                description="The adapter store: one PEFT adapter folder per (video content, model, "
+                                            "sampling settings), reused by `ask VIDEO` instead of internalizing again.")
+    store.add_argument("action", choices=("list", "clear"), help="list the stored adapters, or delete them all")
+    store.add_argument("--store", default=None, metavar="DIR",
+                       help="the store (default: $VIDEO2LORA_STORE, else the Hugging Face cache's video2lora/adapters)")
 
     evaluate = commands.add_parser("eval", help="Base vs V2L vs Blind over a manifest (docs/design.md §6)",
                                    description="Answer every manifest row with Base (video in context), V2L (adapter "
@@ -231,15 +243,6 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
                       *(line(row) for row in cells[1:])])
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks so that long videos never sit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _model_reference(name_or_path: str | None) -> str:
     from .runner import DEFAULT_MODEL_PATH
 
@@ -252,13 +255,13 @@ def _model_reference(name_or_path: str | None) -> str:
 # ---- internalize ----------------------------------------------------------------------------------------------------
 
 
-def _provenance(args: argparse.Namespace, model: Video2LoRAModel, adapter: Video2LoRAAdapter,
+def _provenance(args: argparse.Namespace, video_path: str, model: Video2LoRAModel, adapter: Video2LoRAAdapter,
                 video: SampledVideo) -> dict[str, Any]:
     model_reference = _model_reference(args.model)
     return {
         # The file's name and content hash, never its machine path: adapter folders get shared and served.
-        "video": {"name": os.path.basename(args.video), "sha256": sha256_file(args.video),
-                  "size_bytes": os.path.getsize(args.video)},
+        "video": {"name": os.path.basename(video_path), "sha256": sha256_file(video_path),
+                  "size_bytes": os.path.getsize(video_path)},
         "frames": {"count": video.num_frames, "timestamps": video.timestamps, "duration": video.duration,
                    "span": [args.start, args.end], "max_edge": model.processor.frame_size,
                    "sampling": model.processor.sampling_kwargs(args.num_frames)},
@@ -278,7 +281,7 @@ def _hub_url(reference: str | None) -> str:
     return reference if os.path.exists(reference) else f"https://huggingface.co/{reference}"
 
 
-def _render_adapter_card(output: Path, provenance: dict[str, Any]) -> tuple[str | None, str | None]:
+def _render_adapter_card(folder_name: str, provenance: dict[str, Any]) -> tuple[str | None, str | None]:
     """The adapter's model card, or `None` and why not."""
     try:
         from .cards import render_card
@@ -296,11 +299,24 @@ def _render_adapter_card(output: Path, provenance: dict[str, Any]) -> tuple[str 
             video_name=video_name, video_sha256=provenance["video"]["sha256"],
             num_frames=provenance["frames"]["count"], timestamps=provenance["frames"]["timestamps"],
             rank=provenance["adapter"]["rank"], target_modules=", ".join(provenance["adapter"]["target_modules"]),
-            repo_id=output.name, created_at=provenance["created_at"],
+            repo_id=folder_name, created_at=provenance["created_at"],
         )
     except (FileNotFoundError, ValueError, ImportError) as error:
         return None, " ".join(str(error).split())
     return card, None
+
+
+def _adapter_files(args: argparse.Namespace, video_path: str, model: Video2LoRAModel, adapter: Video2LoRAAdapter,
+                   video: SampledVideo, folder_name: str) -> dict[str, str]:
+    """The side files of an adapter folder (provenance, model card); also marks the weights with the video's hash
+    and frame times, so the safetensors file alone still says which video it came from."""
+    provenance = _provenance(args, video_path, model, adapter, video)
+    adapter.metadata = {**adapter.metadata, "video_sha256": provenance["video"]["sha256"],
+                        "frame_timestamps": video.timestamps}
+    card, skipped = _render_adapter_card(folder_name, provenance)
+    if skipped is not None:
+        print(f"{PROG}: note: no model card written ({skipped})", file=sys.stderr)
+    return {METADATA_NAME: json.dumps(provenance, indent=2) + "\n", **({CARD_NAME: card} if card else {})}
 
 
 def _cmd_internalize(args: argparse.Namespace) -> int:
@@ -311,15 +327,8 @@ def _cmd_internalize(args: argparse.Namespace) -> int:
     video = _frames_for(model, args, args.video)
     adapter = model.internalize(video)
     elapsed = time.perf_counter() - started
-    provenance = _provenance(args, model, adapter, video)
-    # Carried inside the safetensors metadata too, so the adapter file alone still says which video it came from.
-    adapter.metadata = {**adapter.metadata, "video_sha256": provenance["video"]["sha256"],
-                        "frame_timestamps": video.timestamps}
     output = Path(args.output)
-    card, skipped = _render_adapter_card(output, provenance)
-    if skipped is not None:
-        print(f"{PROG}: note: no model card written ({skipped})", file=sys.stderr)
-    extra_files = {METADATA_NAME: json.dumps(provenance, indent=2) + "\n", **({CARD_NAME: card} if card else {})}
+    extra_files = _adapter_files(args, args.video, model, adapter, video, output.name)
     adapter.save_pretrained(output, dtype=None if args.dtype == "auto" else args.dtype, extra_files=extra_files)
     print(f"internalized {video.num_frames} frames of '{args.video}' in {elapsed:.2f} s (decoding included) -> "
           f"{output}/ (rank {adapter.rank}, {adapter.num_layers} layers)")
@@ -361,13 +370,30 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     if _is_adapter_dir(args.source):
         adapter = _load_adapter(model, args.source)
         print(f"adapter: {args.source}")
-    else:
+    elif args.no_store:
         started = time.perf_counter()
         video = _frames_for(model, args, args.source)
         adapter = model.internalize(video)
         elapsed = time.perf_counter() - started
-        print(f"internalized {video.num_frames} frames of '{args.source}' in {elapsed:.2f} s, decoding included "
-              "(once per video)")
+        print(f"internalized {video.num_frames} frames of '{args.source}' in {elapsed:.2f} s, decoding included")
+    else:
+        store = AdapterStore(args.store)
+        started = time.perf_counter()
+        try:
+            adapter, stored = store.internalize(
+                model, args.source, reference=_model_reference(args.model), start=args.start, end=args.end,
+                num_frames=args.num_frames,
+                extra_files=lambda made, frames: _adapter_files(args, args.source, model, made, frames, "adapter"))
+        except ValueError as error:  # a span or frame count the video cannot meet
+            if isinstance(error, VideoDecodeError):
+                raise
+            raise UsageError(str(error)) from None
+        elapsed = time.perf_counter() - started
+        print(f"adapter from the store, {store.root}: internalized before, read in {elapsed:.2f} s" if stored else
+              f"internalized '{args.source}' in {elapsed:.2f} s, decoding included; stored in {store.root}, so the "
+              "next question about this video skips it")
+        if args.compare:
+            video = _frames_for(model, args, args.source)
     options = {"max_new_tokens": args.max_new_tokens}
     base_tokens = visual_tokens_per_query(model, video) if args.compare else None
     for question in args.questions:
@@ -421,6 +447,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if base is not None:
         summary += f", Base {sum(exact_match(base[i], truths[i]) for i in qa):.0f}"
     print(summary + f" (V2L reads 0 visual tokens per question, Base {base_tokens})")
+    return 0
+
+
+# ---- store ----------------------------------------------------------------------------------------------------------
+
+
+def _cmd_store(args: argparse.Namespace) -> int:
+    store = AdapterStore(args.store)
+    if args.action == "clear":
+        print(f"removed {store.clear()} adapters from {store.root}")
+        return 0
+    entries = store.entries()
+    rows = [[entry.key, entry.video_name or "?", f"{entry.size_bytes / 2**20:.1f} MiB",
+             datetime.datetime.fromtimestamp(entry.last_used).isoformat(timespec="seconds")]
+            for entry in reversed(entries)]  # most recently used first
+    print(f"{len(entries)} adapters in {store.root} ({sum(e.size_bytes for e in entries) / 2**20:.1f} MiB of at most "
+          f"{store.max_bytes / 2**30:.0f} GiB)")
+    if rows:
+        print(_table(["key (= folder)", "video", "size", "last used"], rows))
     return 0
 
 
@@ -563,7 +608,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 # ---- entry point ----------------------------------------------------------------------------------------------------
 
-_COMMANDS = {"internalize": _cmd_internalize, "ask": _cmd_ask, "demo": _cmd_demo, "eval": _cmd_eval}
+_COMMANDS = {"internalize": _cmd_internalize, "ask": _cmd_ask, "demo": _cmd_demo, "eval": _cmd_eval,
+             "store": _cmd_store}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -575,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Ctrl-C (one line, no traceback).
     """
     args = build_parser().parse_args(argv)
-    _prefer_offline(args.model)
+    _prefer_offline(getattr(args, "model", None))
     # Imported only now: they import transformers, which must see HF_HUB_OFFLINE as just set.
     from modeling_video2lora import AdapterMismatchError, AdapterReadError
 
