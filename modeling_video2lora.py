@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.utils import logging
 
 try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed top-level modules
@@ -33,11 +34,13 @@ try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed
     from .families_video2lora import FAMILIES, SMOLVLM, VLMFamily, family_of
     from .perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from .processing_video2lora import Video2LoRAProcessor
+    from .video_processing_video2lora import video_duration
 except ImportError:
     from configuration_video2lora import Video2LoRAConfig
     from families_video2lora import FAMILIES, SMOLVLM, VLMFamily, family_of
     from perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from processing_video2lora import Video2LoRAProcessor
+    from video_processing_video2lora import video_duration
 
 logger = logging.get_logger(__name__)
 
@@ -79,6 +82,7 @@ class Video2LoRAAdapter:
         fingerprint: `base_fingerprint` of that base; checked before the adapter is applied.
         base_dtype: the base's dtype (e.g. `"bfloat16"`); what `save_pretrained` writes by default.
         decoder_layers_path: where the base's decoder layers are (its family's); PEFT keys are built from it.
+        shared_rank: how many trailing rank slots are the video-independent bias block, which composition keeps once.
     """
 
     lora_A: dict[str, torch.Tensor]
@@ -90,6 +94,7 @@ class Video2LoRAAdapter:
     metadata: dict = field(default_factory=dict)
     base_dtype: str | None = None
     decoder_layers_path: str = SMOLVLM.decoder_layers_path
+    shared_rank: int = 0
 
     def __len__(self) -> int:
         return next(iter(self.lora_A.values())).shape[0]
@@ -131,8 +136,11 @@ class Video2LoRAAdapter:
         """
         Compose adapters made from non-overlapping segments of one video, in rank space.
 
-        `concat` stacks the ranks, `A = [A_1; A_2]`, `B = [B_1, B_2]`, which sums the updates. `average` does the same
-        with each update scaled by `1/k`. Each input may be a batch; they must agree in batch size and base.
+        `concat` stacks the video-dependent ranks, `A = [A_1; A_2]`, `B = [B_1, B_2]`, which sums those updates;
+        `average` scales each by `1/k`. The video-independent bias block (the trailing `shared_rank` slots, the same
+        in every adapter of one hypernetwork) is kept once, whatever the number of parts: stacking it too would count
+        it k times, and averaging would divide it by k. Each input may be a batch; they must agree in batch size and
+        base.
         """
         if mode not in ("concat", "average"):
             raise ValueError(f"mode must be 'concat' or 'average', got {mode!r}.")
@@ -144,11 +152,51 @@ class Video2LoRAAdapter:
                 raise AdapterMismatchError("Only adapters for the same base and target modules can be composed.")
             if len(other) != len(first):
                 raise ValueError(f"Adapters hold different batch sizes: {len(first)} and {len(other)}.")
-        weight = 1.0 / len(adapters) if mode == "average" else 1.0
-        lora_a = {name: torch.cat([a.lora_A[name] for a in adapters], dim=2) for name in first.lora_A}
-        lora_b = {name: torch.cat([a.scaled_B()[name] * weight for a in adapters], dim=3) for name in first.lora_B}
+            if other.shared_rank != first.shared_rank:
+                raise AdapterMismatchError("Adapters with bias blocks of different ranks cannot be composed.")
+        shared, weight = first.shared_rank, 1.0 / len(adapters) if mode == "average" else 1.0
+        lora_a, lora_b = {}, {}
+        for name in first.lora_A:
+            a_parts = [adapter.lora_A[name] for adapter in adapters]  # [B, L, r, in]
+            b_parts = [adapter.scaled_B()[name] for adapter in adapters]  # [B, L, out, r]
+            # Each part's own slots come first and its bias block last; a composed part has more own slots.
+            own = [part.shape[2] - shared for part in a_parts]
+            blocks_a = [part[:, :, :count] for part, count in zip(a_parts, own, strict=True)]
+            blocks_b = [part[..., :count] * weight for part, count in zip(b_parts, own, strict=True)]
+            if shared:
+                bias_a = a_parts[0][:, :, own[0]:]
+                if any(not torch.equal(part[:, :, count:], bias_a) for part, count in zip(a_parts, own, strict=True)):
+                    raise AdapterMismatchError("The adapters' bias blocks differ: they come from different "
+                                               "hypernetworks and cannot be composed.")
+                blocks_a.append(bias_a)
+                blocks_b.append(b_parts[0][..., own[0]:])
+            lora_a[name], lora_b[name] = torch.cat(blocks_a, dim=2), torch.cat(blocks_b, dim=3)
+        parts = sum(adapter.metadata.get("composed", {}).get("parts", 1) for adapter in adapters)
         return replace(first, lora_A=lora_a, lora_B=lora_b, scale=1.0,
-                       metadata={**first.metadata, "composed": {"mode": mode, "parts": len(adapters)}})
+                       metadata={**first.metadata, "composed": {"mode": mode, "parts": parts}})
+
+    def compress(self, rank: int) -> Video2LoRAAdapter:
+        """
+        The best rank-`rank` approximation of every layer's update (a truncated SVD of `scale * B A`), so that a
+        composed adapter fits a server's maximum LoRA rank. Exact when `rank` is at least the current rank (the
+        adapter is returned unchanged). The update is never materialized: with `B = Q_b R_b` and `A^T = Q_a R_a`,
+        `B A = Q_b (R_b R_a^T) Q_a^T`, and only the small `[r, r]` core is decomposed.
+        """
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}.")
+        if rank >= self.rank:
+            return self
+        lora_a, lora_b = {}, {}
+        for name, scaled_b in self.scaled_B().items():
+            a = self.lora_A[name].double()  # [B, L, r, in]
+            q_b, r_b = torch.linalg.qr(scaled_b.double())  # [B, L, out, r], [B, L, r, r]
+            q_a, r_a = torch.linalg.qr(a.transpose(-1, -2))  # [B, L, in, r], [B, L, r, r]
+            u, singular, v_h = torch.linalg.svd(r_b @ r_a.transpose(-1, -2))
+            root = singular[..., :rank].sqrt()
+            lora_b[name] = ((q_b @ u[..., :rank]) * root[..., None, :]).to(scaled_b.dtype)
+            lora_a[name] = (root[..., :, None] * (v_h[..., :rank, :] @ q_a.transpose(-1, -2))).to(scaled_b.dtype)
+        return replace(self, lora_A=lora_a, lora_B=lora_b, scale=1.0, shared_rank=0,
+                       metadata={**self.metadata, "compressed_from_rank": self.rank})
 
     # ---- PEFT export ----------------------------------------------------------------------------------------------
 
@@ -199,6 +247,7 @@ class Video2LoRAAdapter:
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         state_dict = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
         metadata = {"format": "pt", "video2lora_fingerprint": self.fingerprint or "",
+                    "video2lora_shared_rank": str(self.shared_rank),
                     "video2lora_metadata": json.dumps(self.metadata)}
         target = Path(save_directory).absolute()
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +292,9 @@ class Video2LoRAAdapter:
 
         def unreadable(path: Path, reason: str, hint: str = "internalize the video again") -> AdapterReadError:
             # Library messages may span lines; the error must stay one line for logs and the command line.
-            return AdapterReadError(f"Cannot read adapter file '{path}': {' '.join(str(reason).split())}; {hint}.")
+            shown_path = str(path).replace("\r", "\\r").replace("\n", "\\n")
+            reason = " ".join(str(reason).split())
+            return AdapterReadError(f"Cannot read adapter file '{shown_path}': {reason}; {hint}.")
 
         def read(path: Path, size: int = -1) -> bytes:
             """The first `size` bytes of `path` (all of it by default)."""
@@ -253,7 +304,8 @@ class Video2LoRAAdapter:
             except PermissionError:
                 error = unreadable(path, "permission denied", "make the file readable (chmod a+r)")
             except OSError as os_error:
-                error = unreadable(path, f"the file cannot be read ({os_error.strerror or os_error})", "check the disk")
+                reason = f"the file cannot be read ({os_error.strerror or os_error})"
+                error = unreadable(path, reason, "check the disk")
             raise error
 
         def shown(value) -> str:
@@ -364,12 +416,21 @@ class Video2LoRAAdapter:
             raise unreadable(weights, reason) from None
         if not isinstance(extra, dict):
             raise unreadable(weights, f"its video2lora_metadata holds a JSON {type(extra).__name__}, not an object")
+        try:
+            shared_rank = _shared_rank(metadata.get("video2lora_shared_rank"))
+        except ValueError:  # digits `int` does not read, such as "²"
+            shared_rank = None
+        if shared_rank is None or shared_rank > rank:
+            reason = f"its video2lora_shared_rank {shown(metadata['video2lora_shared_rank'])} is not a rank <= {rank}"
+            raise unreadable(weights, reason)
         stored_dtype = str(next(iter(lora_a.values())).dtype).removeprefix("torch.")
         return cls(lora_A=lora_a, lora_B=lora_b, scale=alpha / rank, base_dtype=stored_dtype,
                    decoder_layers_path=paths.pop(),
                    base_model_name_or_path=peft_config.get("base_model_name_or_path"),
                    base_model_revision=peft_config.get("revision"),
-                   fingerprint=metadata.get("video2lora_fingerprint") or None, metadata=extra)
+                   fingerprint=metadata.get("video2lora_fingerprint") or None, metadata=extra,
+                   shared_rank=shared_rank)
+
 
 @dataclass
 class Video2LoRAOutput(ModelOutput):
@@ -498,6 +559,10 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
     hypernetwork and `from_pretrained` loads the base by id or folder. With it unset, the base is built from
     `config.base_config` with random weights and saved alongside (tests and tiny models).
     """
+
+    # The vision tower reads at most this many frames per batch when a video is read (memory, not results: frames
+    # are encoded independently).
+    vision_chunk_frames: int = 16
 
     def __init__(self, config: Video2LoRAConfig, vlm: PreTrainedModel | None = None,
                  processor: Video2LoRAProcessor | None = None):
@@ -641,14 +706,30 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             with torch.no_grad():
                 # The inner model, not the LM: the logits over every context position are never needed.
                 names = self.config.family.vision_inputs
-                self.vlm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                               **{name: value for name, value in vision_inputs.items() if name in names})
+                vision_inputs = {name: value for name, value in vision_inputs.items() if name in names}
+                pixel_values = vision_inputs.get("pixel_values")
+                if pixel_values is not None and pixel_values.shape[1] > self.vision_chunk_frames:
+                    # The vision tower over a few frames at a time, not all of them in one batch.
+                    vision_inputs = {"mm_encoder_outputs": {"image": self._image_features_in_chunks(**vision_inputs)}}
+                self.vlm.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **vision_inputs)
         except _ContextCaptured:
             pass
         finally:
             for handle in handles:
                 handle.remove()
         return torch.stack(latents, dim=1)
+
+    def _image_features_in_chunks(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None):
+        """The vision tower's and connector's output for `[B, F, 3, H, W]` frames, `vision_chunk_frames` at a time:
+        what the base's forward computes from `pixel_values`, with the tower's activations bounded by the chunk."""
+        per_video = [[] for _ in range(pixel_values.shape[0])]
+        for first in range(0, pixel_values.shape[1], self.vision_chunk_frames):
+            frames = slice(first, first + self.vision_chunk_frames)
+            mask = None if pixel_attention_mask is None else pixel_attention_mask[:, frames].contiguous()
+            chunk = self.vlm.model.get_image_features(pixel_values[:, frames].contiguous(), mask, return_dict=True)
+            for video, features in enumerate(chunk.pooler_output):  # one entry per video: its real frames
+                per_video[video].append(features)
+        return BaseModelOutputWithPooling(pooler_output=[torch.cat(parts) for parts in per_video])
 
     def generate_adapter(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                          **vision_inputs: torch.Tensor | None) -> Video2LoRAAdapter:
@@ -661,11 +742,13 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             base_model_revision=self.config.base_model_revision, fingerprint=self.fingerprint,
             base_dtype=str(self.vlm.dtype).removeprefix("torch."),
             decoder_layers_path=self.config.family.decoder_layers_path,
+            shared_rank=self.config.lora_r if self.config.use_bias_block else 0,
         )
 
     @torch.no_grad()
     def internalize(self, video, *, start: float | None = None, end: float | None = None,
-                    frame_rate: float | None = None, num_frames: int | None = None,
+                    frame_rate: float | None = None, num_frames: int | None = None, segments: int | None = None,
+                    segment_seconds: float | None = None, compose: str = "concat",
                     instruction: str | None = None) -> Video2LoRAAdapter:
         """
         The one-call path: a video file, a uint8 array `[T, H, W, 3]`, a list of PIL images or a `SampledVideo` -> one
@@ -673,21 +756,76 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
 
         Frames are sampled by `self.processor.sample_video`, with the settings saved in the processor (the same
         sampler the command line, the teacher, the trainer and the evaluation use, so one file gives one adapter).
+        A long video is read in segments: each equal, non-overlapping segment is sampled and internalized on its own
+        (one at a time, so memory is that of one segment whatever the video's length) and the segment adapters are
+        composed in rank space ([`Video2LoRAAdapter.compose`]). One segment gives exactly the unsegmented adapter.
 
         Args:
-            video: what to read; a `SampledVideo` is used as it is.
+            video: what to read; a `SampledVideo` is used as it is (and cannot be segmented).
             start / end: a span of a file, in seconds.
             frame_rate: the rate of frames in memory (1 per second when `None`).
-            num_frames: overrides the processor's `video_sampling["max_frames"]`.
+            num_frames: overrides the processor's `video_sampling["max_frames"]` (per segment).
+            segments: cut the video (or span) into this many equal segments.
+            segment_seconds: or into segments of about this length (the last one may be shorter).
+            compose: how segment adapters combine: `"concat"` or `"average"`.
             instruction: overrides `config.instruction`.
         """
         processor = self._require_processor()
-        sampled = processor.sample_video(video, start=start, end=end, frame_rate=frame_rate, num_frames=num_frames)
+        spans = self._segment_spans(video, start, end, frame_rate, segments, segment_seconds)
+        if spans is None:
+            sampled = processor.sample_video(video, start=start, end=end, frame_rate=frame_rate,
+                                             num_frames=num_frames)
+            return self._internalize_frames(sampled, instruction)
+        parts = []
+        for begin, finish in spans:
+            if isinstance(video, (str, os.PathLike)):
+                sampled = processor.sample_video(video, start=begin, end=finish, num_frames=num_frames)
+            else:  # frames in memory: the segment's frames, at their own rate
+                rate = frame_rate or 1.0
+                sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
+                                                 num_frames=num_frames)
+            parts.append(self._internalize_frames(sampled, instruction))
+        adapter = Video2LoRAAdapter.compose(parts, mode=compose)
+        adapter.metadata = {**adapter.metadata, "segments": [[begin, finish] for begin, finish in spans]}
+        return adapter
+
+    def _internalize_frames(self, sampled, instruction: str | None) -> Video2LoRAAdapter:
+        processor = self._require_processor()
         inputs = processor.encode_videos([sampled.frames], instruction or self.config.instruction,
                                          timestamps=[sampled.timestamps], durations=[sampled.duration])
         inputs = inputs.to(self.vlm.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
         return self.generate_adapter(**inputs).detach()
+
+    def _segment_spans(self, video, start, end, frame_rate, segments, segment_seconds):
+        """`(start, end)` seconds of each segment, or `None` for one unsegmented read."""
+        if segments is not None and segment_seconds is not None:
+            raise ValueError("Give segments or segment_seconds, not both.")
+        if segments is None and segment_seconds is None:
+            return None
+        if segments is not None and (isinstance(segments, bool) or not isinstance(segments, int) or segments < 1):
+            raise ValueError(f"segments must be an integer >= 1, got {segments!r}.")
+        if segment_seconds is not None and not segment_seconds > 0:
+            raise ValueError(f"segment_seconds must be a positive number, got {segment_seconds!r}.")
+        if segments == 1:
+            return None  # exactly today's adapter
+        if isinstance(video, (str, os.PathLike)):
+            total = video_duration(video)
+        elif isinstance(video, (list, tuple)) or hasattr(video, "shape"):
+            if start is not None or end is not None:
+                raise ValueError("start/end cut a video file; slice frames in memory before passing them.")
+            total = len(video) / (frame_rate or 1.0)
+        else:
+            raise ValueError("Segments need a video file or frames in memory, not frames already sampled.")
+        begin, finish = float(start or 0.0), min(float(end), total) if end is not None else total
+        if finish <= begin:
+            raise ValueError(f"The span [{begin}, {finish}) s is empty.")
+        count = segments or max(1, math.ceil((finish - begin) / segment_seconds - 1e-9))
+        if count == 1:
+            return None
+        width = (finish - begin) / count if segments else segment_seconds
+        bounds = [begin + index * width for index in range(count)] + [finish]
+        return list(zip(bounds[:-1], bounds[1:], strict=True))
 
     # ---- using an adapter -----------------------------------------------------------------------------------------
 
@@ -873,6 +1011,11 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         if self.processor is None:
             raise RuntimeError("This model has no processor; set `model.processor` (a Video2LoRAProcessor).")
         return self.processor
+
+
+def _shared_rank(text: str | None) -> int:
+    """The stored bias-block rank; 0 (every slot video-dependent) for adapters from before it was stored."""
+    return int(text) if text and text.isdigit() else 0
 
 
 def _same_base(theirs: str, ours: str) -> bool:

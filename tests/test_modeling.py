@@ -288,20 +288,57 @@ def test_forward_loss_is_weighted_ce_plus_kl_over_the_token_count(make_model, pr
     assert model(**inputs, adapter=adapter).loss is None  # no labels, no loss
 
 
-def test_composition_sums_or_averages_the_deltas(make_model, processor):
+def test_composition_sums_or_averages_the_video_parts_and_keeps_the_bias_block_once(make_model, processor):
     model = make_model()
     perturb_(model)
     first, second = model.generate_adapter(**context(processor, 2, 2))[[0, 1]], None
     first, second = first[0], first[1]
+    shared = first.shared_rank
+    assert shared == model.config.lora_r and first.rank == 2 * shared
     concat = Video2LoRAAdapter.compose([first, second])
     average = Video2LoRAAdapter.compose([first, second], mode="average")
-    assert concat.rank == first.rank + second.rank
+    assert concat.rank == first.rank + second.rank - shared and concat.shared_rank == shared
+
+    def delta(adapter, slots=slice(None)):
+        b, a = adapter.scaled_B()["mlp.down_proj"][0][..., slots], adapter.lora_A["mlp.down_proj"][0][:, slots]
+        return torch.einsum("lor,lri->loi", b, a)
+
+    video, bias = slice(0, first.rank - shared), slice(first.rank - shared, None)
+    assert torch.equal(first.lora_A["mlp.down_proj"][:, :, bias], second.lora_A["mlp.down_proj"][:, :, bias])
+    torch.testing.assert_close(delta(concat), delta(first, video) + delta(second, video) + delta(first, bias),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(delta(average), (delta(first, video) + delta(second, video)) / 2 + delta(first, bias),
+                               atol=1e-5, rtol=1e-5)
+    # Composing again keeps it once too, and one part composes to itself.
+    thrice = Video2LoRAAdapter.compose([concat, first])
+    assert thrice.rank == 3 * (first.rank - shared) + shared and thrice.metadata["composed"]["parts"] == 3
+    torch.testing.assert_close(delta(Video2LoRAAdapter.compose([first])), delta(first))
+
+
+def test_compression_is_exact_while_the_rank_fits_and_optimal_below(make_model, processor, tmp_path):
+    model = make_model()
+    perturb_(model)
+    adapters = model.generate_adapter(**context(processor, 2, 2, 2))
+    composed = Video2LoRAAdapter.compose([adapters[0], adapters[1], adapters[2]])
 
     def delta(adapter):
-        return torch.einsum("lor,lri->loi", adapter.scaled_B()["mlp.down_proj"][0], adapter.lora_A["mlp.down_proj"][0])
+        return torch.einsum("blor,blri->bloi", adapter.scaled_B()["mlp.down_proj"],
+                            adapter.lora_A["mlp.down_proj"]).double()
 
-    torch.testing.assert_close(delta(concat), delta(first) + delta(second), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(delta(average), (delta(first) + delta(second)) / 2, atol=1e-5, rtol=1e-5)
+    assert composed.compress(composed.rank) is composed
+    full = delta(composed)
+    for rank in (composed.rank - 1, 4, 1):
+        small = composed.compress(rank)
+        assert small.rank == rank
+        # Eckart-Young: the error is exactly the energy of the dropped singular values, layer by layer.
+        singular = torch.linalg.svdvals(full)
+        expected = singular[..., rank:].pow(2).sum(-1).sqrt()
+        torch.testing.assert_close(torch.linalg.matrix_norm(delta(small) - full), expected, atol=1e-4, rtol=1e-3)
+    # A compressed adapter of exact rank reproduces the update, and saves and loads like any other.
+    exact = composed.compress(composed.rank - 0)
+    torch.testing.assert_close(delta(exact), full)
+    small[0].save_pretrained(tmp_path / "small")
+    assert Video2LoRAAdapter.from_pretrained(tmp_path / "small").rank == 1
 
 
 def test_adapter_for_another_base_is_refused(make_model, processor, tmp_path, base_config):
@@ -533,3 +570,44 @@ def test_concurrent_writers_leave_one_whole_adapter(make_model, tmp_path):
         writer.join()
         assert writer.exitcode == 0
     assert reads > 0 and not [path for path in tmp_path.iterdir() if path.name.startswith(".")]
+
+
+def test_segments_compose_per_segment_adapters_and_one_segment_is_the_plain_adapter(make_model, tmp_path):
+    from video2lora.video import write_video
+
+    model = make_model()
+    perturb_(model)
+    path = tmp_path / "long.mp4"
+    write_video(path, make_frames(24, seed=4), fps=4.0)  # 6 s
+    plain = model.internalize(path)
+    one = model.internalize(path, segments=1)
+    assert all(torch.equal(one.lora_A[k], plain.lora_A[k]) for k in plain.lora_A)
+    two = model.internalize(path, segments=2, num_frames=2)
+    halves = [model.internalize(path, start=begin, end=finish, num_frames=2) for begin, finish in ((0, 3), (3, 6))]
+    expected = Video2LoRAAdapter.compose(halves)
+    assert two.metadata["segments"] == [[0.0, 3.0], [3.0, 6.0]]
+    assert all(torch.equal(two.lora_A[k], expected.lora_A[k]) for k in plain.lora_A)
+    assert two.rank == 2 * plain.rank - plain.shared_rank  # the bias block once
+    by_seconds = model.internalize(path, segment_seconds=2.5)
+    assert by_seconds.metadata["segments"] == [[0.0, 2.5], [2.5, 5.0], [5.0, 6.0]]
+    frames = make_frames(12, seed=5)
+    in_memory = model.internalize(frames, frame_rate=2.0, segments=3)
+    thirds = [model.internalize(frames[i:i + 4], frame_rate=2.0) for i in (0, 4, 8)]
+    torch.testing.assert_close(in_memory.lora_A["mlp.down_proj"],
+                               Video2LoRAAdapter.compose(thirds).lora_A["mlp.down_proj"])
+    with pytest.raises(ValueError, match="segments or segment_seconds"):
+        model.internalize(path, segments=2, segment_seconds=1.0)
+    with pytest.raises(ValueError, match="already sampled"):
+        model.internalize(model.processor.sample_video(path), segments=2)
+
+
+def test_the_vision_tower_in_chunks_gives_the_same_adapter(make_model, processor):
+    model = make_model()
+    perturb_(model)
+    inputs = context(processor, 6, 3)
+    whole = model.generate_adapter(**inputs)
+    model.vision_chunk_frames = 2
+    chunked = model.generate_adapter(**inputs)
+    for name in whole.lora_A:
+        torch.testing.assert_close(chunked.lora_A[name], whole.lora_A[name], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(chunked.lora_B[name], whole.lora_B[name], atol=1e-6, rtol=1e-5)

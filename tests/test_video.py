@@ -358,6 +358,18 @@ def test_animated_gif_is_a_video_not_a_still_image(tmp_path):
     assert [frame_index(frame) for frame in video.frames] == list(range(6))
 
 
+@pytest.mark.parametrize("suffix", [".webm", ".mp4"])
+def test_a_damaged_tag_does_not_lose_the_video(tmp_path, suffix):
+    """Found by tests/test_fuzz.py: a bad byte in a tag (the muxer's name here) made PyAV raise UnicodeDecodeError."""
+    path = tmp_path / f"clip{suffix}"
+    write_video(path, make_frames(4, 16, 16))
+    data = path.read_bytes()
+    assert b"Lavf" in data
+    path.write_bytes(data.replace(b"Lavf", b"La\x87f"))
+    video = sample_video(path, num_frames=4)
+    assert [frame_index(frame) for frame in video.frames] == [0, 1, 2, 3]
+
+
 def noisy_clip(path, num_frames: int = 48) -> np.ndarray:
     """A clip whose frames carry noise in red and green: every packet is a few KB, so a damaged 2 KB block in the
     file hits one or two frames instead of the index. Blue still identifies the frame (see `frame_index`)."""

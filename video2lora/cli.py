@@ -79,11 +79,27 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, answers: bool = Tru
                             help="greedy decoding budget per answer")
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num_frames", type=positive_int, default=None,
-                        help="most frames sampled from the video (default: the processor's video_sampling max_frames)")
+                        help="most frames sampled from the video, per segment (default: the processor's "
+                             "video_sampling max_frames)")
     parser.add_argument("--start", type=float, default=None, help="span start, in seconds")
     parser.add_argument("--end", type=float, default=None, help="span end, in seconds (exclusive)")
+    segments = parser.add_mutually_exclusive_group()
+    segments.add_argument("--segments", type=positive_int, default=None,
+                          help="read a long video as K equal segments, one adapter each, composed into one")
+    segments.add_argument("--segment_seconds", type=_positive_float, default=None,
+                          help="or as segments of S seconds")
 
 
 def _key_value(text: str, usage: str) -> tuple[str, str]:
@@ -264,7 +280,9 @@ def _provenance(args: argparse.Namespace, video_path: str, model: Video2LoRAMode
                   "size_bytes": os.path.getsize(video_path)},
         "frames": {"count": video.num_frames, "timestamps": video.timestamps, "duration": video.duration,
                    "span": [args.start, args.end], "max_edge": model.processor.frame_size,
-                   "sampling": model.processor.sampling_kwargs(args.num_frames)},
+                   "sampling": model.processor.sampling_kwargs(args.num_frames),
+                   # Each segment's [start, end) seconds when the video was read in segments.
+                   "segments": adapter.metadata.get("segments")},
         # `_commit_hash` is the Hub commit a model was loaded from; local folders have none.
         "model": {"name_or_path": model_reference, "revision": getattr(model.config, "_commit_hash", None)},
         "base": {"name_or_path": model.base_model_reference,
@@ -319,13 +337,26 @@ def _adapter_files(args: argparse.Namespace, video_path: str, model: Video2LoRAM
     return {METADATA_NAME: json.dumps(provenance, indent=2) + "\n", **({CARD_NAME: card} if card else {})}
 
 
+def _internalize(model: Video2LoRAModel, args: argparse.Namespace, path: str, video: SampledVideo):
+    """The adapter of `path`: of the frames already sampled, or segment by segment with --segments."""
+    if args.segments is None and args.segment_seconds is None:
+        return model.internalize(video)
+    try:
+        return model.internalize(path, start=args.start, end=args.end, num_frames=args.num_frames,
+                                 segments=args.segments, segment_seconds=args.segment_seconds)
+    except VideoDecodeError:
+        raise
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 def _cmd_internalize(args: argparse.Namespace) -> int:
     check_video_file(args.video)
     check_output_folder(args.output, "-o", overwrite=args.overwrite)
     model = _load_model(args.model)
     started = time.perf_counter()
     video = _frames_for(model, args, args.video)
-    adapter = model.internalize(video)
+    adapter = _internalize(model, args, args.video, video)
     elapsed = time.perf_counter() - started
     output = Path(args.output)
     extra_files = _adapter_files(args, args.video, model, adapter, video, output.name)
@@ -373,7 +404,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     elif args.no_store:
         started = time.perf_counter()
         video = _frames_for(model, args, args.source)
-        adapter = model.internalize(video)
+        adapter = _internalize(model, args, args.source, video)
         elapsed = time.perf_counter() - started
         print(f"internalized {video.num_frames} frames of '{args.source}' in {elapsed:.2f} s, decoding included")
     else:
@@ -382,7 +413,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         try:
             adapter, stored = store.internalize(
                 model, args.source, reference=_model_reference(args.model), start=args.start, end=args.end,
-                num_frames=args.num_frames,
+                num_frames=args.num_frames, segments=args.segments, segment_seconds=args.segment_seconds,
                 extra_files=lambda made, frames: _adapter_files(args, args.source, model, made, frames, "adapter"))
         except ValueError as error:  # a span or frame count the video cannot meet
             if isinstance(error, VideoDecodeError):

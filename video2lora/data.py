@@ -56,6 +56,12 @@ REQUIRED_FIELDS = ("id", "video_path", "task_type", "prompt", "target_text", "da
 _MAX_LOGGED_BAD_ROWS = 10
 
 
+def _one_line(text: str) -> str:
+    """`text` with line breaks escaped: a reason may quote a value from the file (a video path, say) holding one, and
+    reasons must stay one line so that logs and the command line show them whole."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class ManifestError(ValueError):
     """A manifest that cannot be read, naming the file, the 1-based line number and the reason.
 
@@ -72,7 +78,7 @@ class ManifestError(ValueError):
         self.line = line
         self.reason = reason
         location = self.path if line is None else f"{self.path}:{line}"
-        super().__init__(f"{location}: {reason}")
+        super().__init__(_one_line(f"{location}: {reason}"))
 
     def __reduce__(self):
         # Keeps the exception picklable across processes (the default would call __init__ with the message alone).
@@ -122,6 +128,66 @@ def question_type(row: dict) -> str | None:
     return None if kind in (None, row["task_type"]) else str(kind)
 
 
+def _preview(value: Any, limit: int = 40) -> str:
+    """`value` as JSON, cut to `limit` characters, for a reason; never fails (a deeply nested value is named)."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (RecursionError, ValueError):
+        return f"a deeply nested JSON {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _NonFiniteNumber(ValueError):
+    """Raised while parsing a row for NaN, Infinity or a number too large for a float (1e999)."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFiniteNumber(text)
+    return value
+
+
+def _reject_constant(text: str):
+    raise _NonFiniteNumber(text)
+
+
+def _parse_row(text: str) -> tuple[Any, str | None]:
+    """The JSON value on one line, or the reason it is not valid JSON that `write_manifest` could write back.
+
+    Python's `json` accepts more than JSON: NaN, Infinity, numbers that overflow to infinity and unpaired UTF-16
+    surrogate escapes (`"\\ud800"`). Rows holding them would be accepted here and fail later, far from the manifest,
+    when a stage writes the rows back, so they are reported as bad rows instead.
+    """
+    try:
+        row = json.loads(text, parse_float=_finite_float, parse_constant=_reject_constant)
+    except _NonFiniteNumber as error:
+        number = str(error)[:40]
+        return None, f"invalid number {number} (JSON numbers must be finite); each line must be one JSON object"
+    except json.JSONDecodeError as error:
+        return None, f"invalid JSON ({error.msg} at column {error.colno}); each line must be one JSON object"
+    except RecursionError:
+        return None, "invalid JSON (nested too deeply); each line must be one JSON object"
+    except ValueError:  # what remains: an integer with more digits than Python converts (4300 by default)
+        return None, "invalid JSON (an integer with thousands of digits); each line must be one JSON object"
+    if "\\ud" in text.lower():  # decoded UTF-8 never holds surrogates: only an escape can bring one in
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, "invalid JSON string (an unpaired UTF-16 surrogate escape such as \\ud800, which UTF-8 lacks)"
+        except RecursionError:
+            return None, "invalid JSON (nested too deeply); each line must be one JSON object"
+    return row, None
+
+
+def _is_file(path: Path) -> bool:
+    # `Path.is_file` raises for some unusable names (ENAMETOOLONG, EACCES on a parent); none of them is a video file.
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _is_number(value: Any) -> bool:
     # bool is an int subclass, but `true` is never a meaningful timestamp.
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -139,10 +205,12 @@ def _validate_row(row: Any, *, require_target: bool) -> str | None:
         return f"missing required field(s) {', '.join(missing)}; every row needs {', '.join(REQUIRED_FIELDS)}"
     for name in REQUIRED_FIELDS:
         if not isinstance(row[name], str):
-            return f"field '{name}' must be a string, got {type(row[name]).__name__} {json.dumps(row[name])[:40]}"
+            return f"field '{name}' must be a string, got {type(row[name]).__name__} {_preview(row[name])}"
     for name in ("id", "video_path"):
         if not row[name].strip():
             return f"field '{name}' must not be empty"
+    if "\0" in row["video_path"]:
+        return "field 'video_path' contains a NUL character, which no file name can hold"
     if row["task_type"] not in TASK_TYPES:
         return f"unknown task_type {row['task_type']!r}; use one of {', '.join(TASK_TYPES)}"
     if require_target and not row["target_text"].strip():
@@ -159,7 +227,7 @@ def _validate_row(row: Any, *, require_target: bool) -> str | None:
     if span is not None and not (
         isinstance(span, list) and len(span) == 2 and all(_is_number(x) for x in span) and 0 <= span[0] < span[1]
     ):
-        return f"field 'span' must be null or [start, end] seconds with 0 <= start < end, got {json.dumps(span)}"
+        return f"field 'span' must be null or [start, end] seconds with 0 <= start < end, got {_preview(span)}"
     return None
 
 
@@ -209,10 +277,7 @@ def read_manifest(
             else:
                 if not text.strip():
                     continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as error:
-                    reason = f"invalid JSON ({error.msg} at column {error.colno}); each line must be one JSON object"
+                row, reason = _parse_row(text)
             if reason is None:
                 reason = _validate_row(row, require_target=require_target)
             if reason is None:
@@ -222,14 +287,20 @@ def read_manifest(
                         f"duplicate id {row_id!r} (first used on line {first_line_of_id[row_id]}); ids must be unique"
                     )
             if reason is None:
-                video_path = Path(row["video_path"]).expanduser()
+                try:
+                    video_path = Path(row["video_path"]).expanduser()
+                except RuntimeError:  # `~name/...` for a user this machine does not have
+                    video_path = None
+                    reason = f"cannot expand the home directory in video_path {_preview(row['video_path'], 80)}"
+            if reason is None:
                 resolved = Path(os.path.abspath(video_path if video_path.is_absolute() else root / video_path))
-                if check_files and not resolved.is_file():
+                if check_files and not _is_file(resolved):
                     reason = (
                         f"video file not found: {resolved} (relative paths resolve against {root}; pass data_root "
                         f"or set {DATA_ROOT_ENV_VAR})"
                     )
             if reason is not None:
+                reason = _one_line(reason)
                 if strict:
                     raise ManifestError(path, line_number, reason)
                 report.bad_rows.append((line_number, reason))

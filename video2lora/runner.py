@@ -12,7 +12,6 @@ themselves stay model-free in `evaluation.py`.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -254,19 +253,6 @@ def _scores(row: Mapping[str, Any], answer: str) -> dict[str, float]:
     return scores
 
 
-def internalize_segments(model: Video2LoRAModel, row: Mapping[str, Any], duration: float, *, segments: int,
-                         num_frames: int, compose: str) -> Video2LoRAAdapter:
-    """
-    One adapter per equal, non-overlapping segment of a row's video (or span), composed in rank space
-    ([`Video2LoRAAdapter.compose`]): how a video too long for one context is internalized (docs/design.md §1, step 5).
-    """
-    start = float((row.get("span") or (0.0, None))[0])
-    bounds = [start + duration * i / segments for i in range(segments + 1)]
-    parts = [model.internalize(row["video_path"], start=begin, end=end, num_frames=num_frames)
-             for begin, end in itertools.pairwise(bounds)]
-    return Video2LoRAAdapter.compose(parts, mode=compose)
-
-
 def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_frames: int | None = None,
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, judge: Judge | None = None,
              segments: int = 1, compose: str = "concat", progress: bool = True,
@@ -310,9 +296,10 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
         video = read_row_video(model, group[0], num_frames=num_frames * segments)
         if segments == 1:
             adapter = model.internalize(video)
-        else:
-            adapter = internalize_segments(model, group[0], video.duration, segments=segments, num_frames=num_frames,
-                                           compose=compose)
+        else:  # the same segment path as `internalize --segments`; Base reads the whole with as many frames
+            start, end = group[0].get("span") or (None, None)
+            adapter = model.internalize(group[0]["video_path"], start=start, end=end, num_frames=num_frames,
+                                        segments=segments, compose=compose)
         prompts = [row["prompt"] for row in group]
         unseen = list(dict.fromkeys(prompt for prompt in prompts if prompt not in blind_cache))
         blind_cache.update(zip(unseen, answer_with_adapter(model, None, unseen, **options), strict=True))

@@ -102,11 +102,12 @@ class AdapterStore:
 
     @staticmethod
     def key(video_sha256: str, model_identity: dict[str, Any], sampling: dict[str, Any], *,
-            start: float | None = None, end: float | None = None, segments: int = 1) -> str:
+            start: float | None = None, end: float | None = None, segments: int | None = None,
+            segment_seconds: float | None = None) -> str:
         """The key of an adapter: a hash of the video's content, the model and every setting that shapes the
         adapter."""
         material = {"version": _KEY_VERSION, "video": video_sha256, "model": model_identity, "sampling": sampling,
-                    "span": [start, end], "segments": segments}
+                    "span": [start, end], "segments": [segments, segment_seconds]}
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
     def path(self, key: str) -> Path:
@@ -140,6 +141,7 @@ class AdapterStore:
 
     def internalize(self, model: Video2LoRAModel, video: str | os.PathLike, *, reference: str | None = None,
                     start: float | None = None, end: float | None = None, num_frames: int | None = None,
+                    segments: int | None = None, segment_seconds: float | None = None,
                     extra_files: Callable[[Video2LoRAAdapter, SampledVideo], dict[str, str]] | None = None,
                     ) -> tuple[Video2LoRAAdapter, bool]:
         """
@@ -150,19 +152,24 @@ class AdapterStore:
             model: the Video2LoRA model.
             video: a video file (its content, not its path, is part of the key).
             reference: how the model was named (Hub id or folder), recorded in the key.
-            start / end / num_frames: as for `model.internalize`.
+            start / end / num_frames / segments / segment_seconds: as for `model.internalize`.
             extra_files: makes the side files (provenance, card) of a new adapter from it and its frames.
 
         Returns:
             `(adapter, from_store)`.
         """
         sampling = model.processor.sampling_kwargs(num_frames)
-        key = self.key(sha256_file(video), self.model_identity(model, reference), sampling, start=start, end=end)
+        key = self.key(sha256_file(video), self.model_identity(model, reference), sampling, start=start, end=end,
+                       segments=segments, segment_seconds=segment_seconds)
         stored = self.get(key)
         if stored is not None:
             return stored, True
         frames = model.processor.sample_video(video, start=start, end=end, num_frames=num_frames)
-        adapter = model.internalize(frames)
+        if segments is None and segment_seconds is None:
+            adapter = model.internalize(frames)
+        else:
+            adapter = model.internalize(video, start=start, end=end, num_frames=num_frames, segments=segments,
+                                        segment_seconds=segment_seconds)
         self.put(key, adapter, extra_files=extra_files(adapter, frames) if extra_files else None)
         # What was stored (in the base's dtype), so that this answer and every later one use the same weights.
         return self.get(key) or adapter, False

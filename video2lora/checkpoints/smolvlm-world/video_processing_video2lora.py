@@ -40,7 +40,7 @@ from fractions import Fraction
 import numpy as np
 import PIL.Image
 
-__all__ = ["SampledVideo", "VideoDecodeError", "check_sampling", "sample_indices", "sample_video"]
+__all__ = ["SampledVideo", "VideoDecodeError", "check_sampling", "sample_indices", "sample_video", "video_duration"]
 
 _RESAMPLE = PIL.Image.Resampling.BICUBIC
 
@@ -65,7 +65,8 @@ class VideoDecodeError(ValueError):
         # FFmpeg messages occasionally carry newlines; the message must stay on one line for logs and manifests.
         self.reason = " ".join(str(reason).split())
         self.hint = hint if hint is not None else _GENERIC_HINT
-        super().__init__(f"cannot read video '{self.path}': {self.reason}; {self.hint}")
+        shown_path = self.path.replace("\r", "\\r").replace("\n", "\\n")  # a file name may hold a line break
+        super().__init__(f"cannot read video '{shown_path}': {self.reason}; {self.hint}")
 
     def __reduce__(self):
         # Exceptions are pickled when they cross process boundaries (DataLoader workers, `datasets.map(num_proc=...)`);
@@ -284,7 +285,9 @@ def _ffmpeg_reason(error) -> str:
 def _open_container(path: str):
     av = _import_av()
     try:
-        return av.open(path, mode="r")
+        # Tags (title, encoder, ...) are never used here, and PyAV's strict decoding would turn one byte of damage in
+        # them into a UnicodeDecodeError for a video whose frames are intact.
+        return av.open(path, mode="r", metadata_errors="replace")
     except av.FFmpegError as error:
         raise VideoDecodeError(
             path,
@@ -392,9 +395,8 @@ def _sample_file(path: str, rule: dict, max_edge: int | None, start: float | Non
     failure = f" ({decoded.first_failure})" if decoded.first_failure else ""
     if decoded.span_decodable == 0:
         if decoded.num_failures:
-            raise VideoDecodeError(
-                path, f"decoding failed: none of the {decoded.span_frames} frames {where} could be decoded{failure}"
-            )
+            frames = "the only frame" if decoded.span_frames == 1 else f"none of the {decoded.span_frames} frames"
+            raise VideoDecodeError(path, f"decoding failed: {frames} {where} could be decoded{failure}")
         raise VideoDecodeError(path, f"no frame could be decoded {where}")
     if 2 * decoded.span_decodable < decoded.span_frames:
         raise VideoDecodeError(
@@ -451,9 +453,10 @@ def _decoded_slots(container, stream, failures: _Failures) -> Iterator[tuple[int
     """Decode the stream packet by packet and yield `(pts, frame)` for each of its frames in presentation order, with
     `frame=None` for a frame that could not be decoded.
 
-    A packet the decoder rejects is skipped instead of aborting the whole video, and recorded in `failures`. A frame is missing when a frame with a later timestamp comes out first (decoders emit
-    frames in presentation order), or when the stream ends before it came out. Frames the decoder itself flags as
-    corrupt (decoded with concealed errors) count as missing too.
+    A packet the decoder rejects is skipped instead of aborting the whole video, and recorded in `failures`. A frame
+    is missing when a frame with a later timestamp comes out first (decoders emit frames in presentation order), or
+    when the stream ends before it came out. Frames the decoder itself flags as corrupt (decoded with concealed
+    errors) count as missing too.
     """
     av = _import_av()
     # Timestamps of the packets (frames) demuxed but not yet decoded. Packets arrive in decode order, which differs
@@ -484,7 +487,7 @@ def _decoded_slots(container, stream, failures: _Failures) -> Iterator[tuple[int
             if pending and pending[0] == frame.pts:
                 heapq.heappop(pending)
             last_pts = frame.pts
-            yield frame.pts, None if frame.is_corrupt else frame
+            yield frame.pts, None if getattr(frame, "is_corrupt", False) else frame
     yield from missing_before(math.inf)
 
 
@@ -566,7 +569,8 @@ def _decode_at(container, stream, clip_start: float, span_start: float, span_end
     def replace_waiting(next_good: list | None) -> None:
         """Fill the damaged entries with the nearer of the last decodable frame and `next_good` (None: stream end)."""
         for entry in waiting:
-            use_next = next_good is not None and (last_good is None or next_good[0] - entry[0] < entry[0] - last_good[0])
+            time = entry[0]
+            use_next = next_good is not None and (last_good is None or next_good[0] - time < time - last_good[0])
             if use_next or last_good is not None:
                 entry[1] = good_array(next_good if use_next else last_good)
         waiting.clear()
@@ -604,3 +608,21 @@ def _decode_at(container, stream, clip_start: float, span_start: float, span_end
         num_failures=failures.count,
         first_failure=failures.first,
     )
+
+
+def video_duration(path: str | os.PathLike) -> float:
+    """Seconds from a video file's first frame to the end of its last, read from packet timestamps without decoding
+    (what `sample_video` calls the clip's duration; spans and segments are cut against it)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "file does not exist" if not os.path.exists(path) else "path is not a file",
+                               "check the path")
+    av = _import_av()
+    with _open_container(path) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(path, "the container has no video stream", "pass a file that contains video")
+        try:
+            start, end, _ = _probe(path, container, container.streams.video[0])
+        except av.FFmpegError as error:
+            raise VideoDecodeError(path, f"demuxing failed ({_ffmpeg_reason(error)})") from error
+    return end - start
