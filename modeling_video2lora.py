@@ -8,6 +8,7 @@ This is a Hub file: it imports only torch, transformers, peft, its sibling Hub f
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -17,13 +18,14 @@ import shutil
 import sys
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
@@ -33,12 +35,14 @@ try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed
     from .configuration_video2lora import Video2LoRAConfig
     from .families_video2lora import FAMILIES, SMOLVLM, VLMFamily, family_of
     from .perceiver_video2lora import LoraHead, PerceiverHypernetwork
+    from .pipeline_video2lora import TASK, Video2LoRAPipeline
     from .processing_video2lora import Video2LoRAProcessor
     from .video_processing_video2lora import video_duration
 except ImportError:
     from configuration_video2lora import Video2LoRAConfig
     from families_video2lora import FAMILIES, SMOLVLM, VLMFamily, family_of
     from perceiver_video2lora import LoraHead, PerceiverHypernetwork
+    from pipeline_video2lora import TASK, Video2LoRAPipeline
     from processing_video2lora import Video2LoRAProcessor
     from video_processing_video2lora import video_duration
 
@@ -520,7 +524,9 @@ class Video2LoRAPreTrainedModel(PreTrainedModel):
     config_class = Video2LoRAConfig
     base_model_prefix = "video2lora"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
+    # Activation checkpointing of the frozen base's student pass and of the perceiver's context encoding; see
+    # `Video2LoRAModel._set_gradient_checkpointing`.
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
 
     def _init_weights(self, module):
@@ -653,6 +659,10 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         if self.config.base_model_name_or_path is not None:
             state_dict = self.state_dict() if state_dict is None else state_dict
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("vlm.")}
+        # `pipeline("video-to-lora", model=<this folder>, trust_remote_code=True)` finds its class through the config;
+        # its file is copied with this one's relative imports.
+        self.config.custom_pipelines = {TASK: {"impl": f"pipeline_video2lora.{Video2LoRAPipeline.__name__}",
+                                               "pt": ["AutoModel"], "type": "multimodal"}}
         super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         if self.processor is not None and kwargs.get("is_main_process", True):
             self.processor.save_pretrained(save_directory)
@@ -661,7 +671,53 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         super().train(mode)
         if self.vlm is not None:
             self.vlm.eval()  # frozen: never dropout, whatever the trainer asks
+            if self.gradient_checkpointing:
+                # A decoder layer checkpoints only in training mode. Only the layers' own flag follows `mode`
+                # (their forward reads it for nothing else); everything inside them stays in eval mode.
+                for layer in self._decoder_layers():
+                    layer.training = mode
         return self
+
+    # ---- activation checkpointing ---------------------------------------------------------------------------------
+
+    gradient_checkpointing = False
+    _gradient_checkpointing_func: Callable | None = None
+    _checkpoint_every_n_layers = 1
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Callable = checkpoint,
+                                    every_n_layers: int = 1) -> None:
+        """
+        Checkpoint what keeps activations for the backward pass (`activation_checkpointing_enable()` or
+        `--gradient_checkpointing true` call this):
+
+        - **the student pass**: each decoder layer of the frozen base, run on the question and answer tokens with the
+          generated LoRA, keeps only its input; its activations are recomputed in the backward pass, with the same
+          LoRA (the hooks of [`apply_adapter`] are put back for the recomputation, see `_checkpoint_decoder_layer`).
+        - **the context encoding**: the perceiver's summary of each decoder layer's states over the video's context
+          (`encode_layer`) keeps only those states. The base's own context pass runs without gradient and keeps
+          nothing either way.
+
+        The gradients are those of the plain forward (tested); `every_n_layers` checkpoints every n-th layer only.
+        Only non-reentrant checkpointing applies: the student's gradient reaches the hypernetwork through the LoRA
+        tensors the hooks hold, which are not inputs of the checkpointed function.
+        """
+        keywords = getattr(gradient_checkpointing_func, "keywords", {})
+        if enable and keywords.get("use_reentrant", False):
+            raise ValueError("Video2LoRAModel supports only non-reentrant activation checkpointing (use_reentrant=False):"
+                             " the LoRA the student is trained through is not an input of the checkpointed layers.")
+        if enable and "context_fn" in keywords:
+            raise ValueError("Video2LoRAModel sets the checkpoint's `context_fn` itself (to put the LoRA back for the "
+                             "recomputation); do not pass one.")
+        self.gradient_checkpointing = enable
+        self._gradient_checkpointing_func = gradient_checkpointing_func if enable else None
+        self._checkpoint_every_n_layers = every_n_layers
+        if self.vlm is None:
+            return
+        for index, layer in enumerate(self._decoder_layers()):
+            layer.gradient_checkpointing = enable and index % every_n_layers == 0
+            layer._gradient_checkpointing_func = (
+                functools.partial(_checkpoint_decoder_layer, layer, gradient_checkpointing_func) if enable else None)
+            layer.training = enable and self.training
 
     @property
     def fingerprint(self) -> str:
@@ -696,7 +752,14 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             def hook(module, args, kwargs):
                 hidden_states = args[0] if args else kwargs["hidden_states"]
                 with torch.set_grad_enabled(grad_enabled):
-                    latents[index] = self.hypernetwork.encode_layer(hidden_states, mask, index, position_term)
+                    encode = self.hypernetwork.encode_layer
+                    if (grad_enabled and self.gradient_checkpointing
+                            and index % self._checkpoint_every_n_layers == 0):
+                        # Keeps only this layer's states; the summary is recomputed in the backward pass.
+                        latents[index] = self._gradient_checkpointing_func(encode, hidden_states, mask, index,
+                                                                           position_term)
+                    else:
+                        latents[index] = encode(hidden_states, mask, index, position_term)
                 if index == len(layers) - 1:
                     raise _ContextCaptured
             return hook
@@ -918,7 +981,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                                             pixel_attention_mask=pixel_attention_mask)
         rows = adapter if adapter_index is None else adapter[adapter_index]
         with self.apply_adapter(rows):
-            logits = self.vlm(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, S, V]
+            # No cache: a training pass never reuses one (and a checkpointed layer must not write one).
+            logits = self.vlm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # [B, S, V]
         loss = None
         if labels is not None:
             loss = student_loss(logits, labels, teacher_top_ids=teacher_top_ids,
@@ -1014,8 +1078,16 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
 
 
 def _shared_rank(text: str | None) -> int:
-    """The stored bias-block rank; 0 (every slot video-dependent) for adapters from before it was stored."""
-    return int(text) if text and text.isdigit() else 0
+    """The stored bias-block rank; 0 (every slot video-dependent) for adapters from before it was stored.
+
+    Raises:
+        `ValueError`: the stored value is not a count.
+    """
+    if not text:
+        return 0
+    if not (text.isascii() and text.isdecimal()):
+        raise ValueError(f"not a rank: {text!r}")
+    return int(text)
 
 
 def _same_base(theirs: str, ours: str) -> bool:
@@ -1045,6 +1117,30 @@ def _replace_directory(new: Path, target: Path) -> None:
     except OSError:  # another writer got there first: its complete folder stays
         shutil.rmtree(new, ignore_errors=True)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def _checkpoint_decoder_layer(layer: nn.Module, checkpoint_function: Callable, function: Callable, *args):
+    """
+    A base decoder layer's `_gradient_checkpointing_func` (see `Video2LoRAModel._set_gradient_checkpointing`):
+    `checkpoint_function(function, *args)` with the LoRA hooks that [`Video2LoRAModel.apply_adapter`] put on this
+    layer's modules registered again while the backward pass recomputes the layer, which happens after
+    `apply_adapter` has removed them. Without them the recomputation would run the plain base.
+    """
+    lora_hooks = [(module, hook) for module in layer.modules() for hook in module._forward_hooks.values()
+                  if isinstance(hook, _LoraDelta)]
+
+    @contextmanager
+    def hooks_back() -> Iterator[None]:
+        # Only the hooks no longer there: a backward inside `apply_adapter` finds them still registered.
+        handles = [module.register_forward_hook(hook) for module, hook in lora_hooks
+                   if not any(other is hook for other in module._forward_hooks.values())]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    return checkpoint_function(function, *args, context_fn=lambda: (nullcontext(), hooks_back()))
 
 
 class _LoraDelta:

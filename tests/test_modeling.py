@@ -445,7 +445,7 @@ AUTOMODEL_SCRIPT = textwrap.dedent("""
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in {"video2lora", "modeling_video2lora", "configuration_video2lora",
                                       "perceiver_video2lora", "processing_video2lora", "video_processing_video2lora",
-                                      "families_video2lora", "tests"}:
+                                      "families_video2lora", "pipeline_video2lora", "tests"}:
                 raise ImportError(f"project module {name} imported")
 
     sys.meta_path.insert(0, BlockProject())

@@ -10,7 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_FILES = ("configuration_video2lora.py", "modeling_video2lora.py", "perceiver_video2lora.py",
-             "processing_video2lora.py", "video_processing_video2lora.py", "families_video2lora.py")
+             "processing_video2lora.py", "video_processing_video2lora.py", "families_video2lora.py",
+             "pipeline_video2lora.py")
 # An absolute path on a developer's or CI's machine: nothing shipped may depend on where it was made.
 MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:work|root|home|Users|tmp|private|mnt|opt/conda)/[\w.-]")
 

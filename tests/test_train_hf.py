@@ -236,7 +236,7 @@ def test_prepare_hub_folder_writes_exactly_the_upload(workspace, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == sorted([
         "README.md", "config.json", "model.safetensors", "configuration_video2lora.py", "modeling_video2lora.py",
         "perceiver_video2lora.py", "processing_video2lora.py", "video_processing_video2lora.py",
-        "families_video2lora.py", "processor_config.json", "tokenizer.json",
+        "families_video2lora.py", "pipeline_video2lora.py", "processor_config.json", "tokenizer.json",
         "tokenizer_config.json", "chat_template.jinja",
     ])
     with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:

@@ -464,7 +464,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     options = {"max_new_tokens": args.max_new_tokens}
     v2l = answer_with_adapter(model, adapter, questions, **options)
     base = answer_with_video(model, video, questions, **options) if args.compare else None
-    base_tokens = visual_tokens_per_query(model, video)
+    base_tokens = visual_tokens_per_query(model, video) if args.compare else None
 
     print(f"world test clip, seed {seed}: {video.num_frames} frames, internalized in {elapsed:.2f} s\n")
     headers = ["question", "ground truth", "V2L (0 visual tokens)"]
@@ -475,9 +475,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # Exact match is scored on the short QA answers only; the caption row is there to read.
     qa = range(1, len(questions))
     summary = f"\nexact match on {len(qa)} questions: V2L {sum(exact_match(v2l[i], truths[i]) for i in qa):.0f}"
-    if base is not None:
+    if base is None:
+        print(summary + " (V2L reads 0 visual tokens per question; --compare also answers with the video in context)")
+    else:
         summary += f", Base {sum(exact_match(base[i], truths[i]) for i in qa):.0f}"
-    print(summary + f" (V2L reads 0 visual tokens per question, Base {base_tokens})")
+        print(summary + f" (V2L reads 0 visual tokens per question, Base {base_tokens})")
     return 0
 
 
