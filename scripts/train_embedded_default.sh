@@ -104,7 +104,9 @@ summary = (f"Trained with scripts/train_embedded_default.sh: {state['global_step
            f"cached answers of video2lora/checkpoints/smolvlm-world over {num_clips:,} world clips (cross-entropy plus {kl_weight} x KL to "
            f"the teacher's top-8 log-probs); final training loss {loss:.2f}. Held-out "
            f"quality: eval/report.md (V2L {em['means']['v2l']:.3f} vs Base {em['means']['base']:.3f} exact match on "
-           f"{em['num_items']:,} test questions, Blind {em['means']['blind']:.3f}).")
+           f"{em['num_items']:,} test questions, Blind {em['means']['blind']:.3f}). It and its base know only the "
+           "project's generated world of coloured shapes: asked about a real video, they answer confidently and "
+           "wrongly. For real videos, train on a real base (docs/training.md).")
 with tempfile.TemporaryDirectory() as folder:
     prepare_hub_folder(model, Path(folder) / "card", repo_id="video2lora-world", base_model_reference="../smolvlm-world",
                        training_summary=summary)

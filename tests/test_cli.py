@@ -516,3 +516,46 @@ def test_the_embedded_default_says_once_what_it_knows(capsys, world, tmp_path):
     code, _, err = run_cli(capsys, "internalize", world[1][0], "-o", tmp_path / "a")
     assert code == 0 and err.count("only knows the generated shape world") == 1
     assert "Loading weights" not in err
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "pickle"])
+def test_ask_on_a_corrupt_adapter_is_one_line(capsys, model_dir, world, tmp_path, damage):
+    out = tmp_path / "adapter"
+    assert run_cli(capsys, "internalize", world[1][0], "-o", out, "--model", model_dir)[0] == 0
+    weights = out / "adapter_model.safetensors"
+    if damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        torch.save({"lora": torch.zeros(2)}, weights)
+    code, _, err = run_cli(capsys, "ask", out, "what?", "--model", model_dir)
+    assert_one_line_error(code, err, "adapter_model.safetensors", "internalize the video again")
+
+
+def test_sigint_during_eval_keeps_the_scored_rows_and_resume_finishes(world, tmp_path):
+    """A real Ctrl-C (SIGINT) to a running `video2lora eval`: one line, exit 130, rows kept, --resume completes."""
+    import signal
+    import time
+
+    rows = [json.loads(line) for line in world[0].read_text().splitlines()]
+    manifest = tmp_path / "many.jsonl"  # the same two clips many times over, so the run lasts long enough to stop
+    manifest.write_text("".join(json.dumps({**row, "id": f"{row['id']}-{copy}", "span": [0.0, 1.0 + copy * 1e-3],
+                                            "video_path": str(world[0].parent / row["video_path"])}) + "\n"
+                                for copy in range(8) for row in rows))
+    command = [sys.executable, "-m", "video2lora.cli", "eval", "--manifest", str(manifest), "--output_dir",
+               str(tmp_path / "eval"), "--max_new_tokens", "2", "--num_resamples", "50"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = tmp_path / "eval" / "records.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and (not records.exists() or not records.read_text().strip()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("video2lora: interrupted")
+    kept = len(records.read_text().splitlines())
+    assert 0 < kept < len(rows) * 8
+    finished = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert len(records.read_text().splitlines()) == len(rows) * 8

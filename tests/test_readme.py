@@ -15,7 +15,9 @@ from video2lora.cli import main as video2lora_main
 
 REPO = Path(__file__).resolve().parent.parent
 # What CI runs itself, on every submission (`.ci/run` installs exactly as the README says, then runs the tests).
-RUN_BY_CI = (("pip", "install"), ("python", "-m", "pytest"))
+RUN_BY_CI = (("pip", "install"), ("python", "-m", "pytest"),
+             ("python", "app.py"),  # a server: tests/test_app.py drives it
+             ("python", "scripts/vllm_check.py"))  # minutes, and a separate environment: tests/test_vllm.py runs it
 
 
 def readme_commands() -> list[list[str]]:

@@ -234,12 +234,16 @@ def _load_model(name_or_path: str | None, *, note_default: bool = True) -> Video
 def _frames_for(model: Video2LoRAModel, args: argparse.Namespace, path: str | os.PathLike) -> SampledVideo:
     """The video's frames through the model's processor: the same sampler every other door uses."""
     try:
-        return model.processor.sample_video(path, start=getattr(args, "start", None), end=getattr(args, "end", None),
-                                            num_frames=getattr(args, "num_frames", None))
+        video = model.processor.sample_video(path, start=getattr(args, "start", None),
+                                             end=getattr(args, "end", None), num_frames=getattr(args, "num_frames", None))
     except VideoDecodeError:
         raise
     except ValueError as error:  # a bad span or frame count: the user's arguments, not the file
         raise UsageError(str(error)) from None
+    if video.damaged_frames:
+        print(f"{PROG}: note: '{path}' has damaged packets: {video.damaged_frames} of {video.num_frames} sampled "
+              "frames were taken from the nearest frame that decodes", file=sys.stderr)
+    return video
 
 
 def _printable(text: str) -> str:
@@ -281,6 +285,8 @@ def _provenance(args: argparse.Namespace, video_path: str, model: Video2LoRAMode
         "frames": {"count": video.num_frames, "timestamps": video.timestamps, "duration": video.duration,
                    "span": [args.start, args.end], "max_edge": model.processor.frame_size,
                    "sampling": model.processor.sampling_kwargs(args.num_frames),
+                   # Sampled frames taken from the nearest decodable one because their own packets were damaged.
+                   "damaged": video.damaged_frames,
                    # Each segment's [start, end) seconds when the video was read in segments.
                    "segments": adapter.metadata.get("segments")},
         # `_commit_hash` is the Hub commit a model was loaded from; local folders have none.
