@@ -320,25 +320,47 @@ def test_compression_is_exact_while_the_rank_fits_and_optimal_below(make_model, 
     perturb_(model)
     adapters = model.generate_adapter(**context(processor, 2, 2, 2))
     composed = Video2LoRAAdapter.compose([adapters[0], adapters[1], adapters[2]])
+    shared = composed.shared_rank
 
-    def delta(adapter):
-        return torch.einsum("blor,blri->bloi", adapter.scaled_B()["mlp.down_proj"],
-                            adapter.lora_A["mlp.down_proj"]).double()
+    def delta(adapter, slots=slice(None)):
+        return torch.einsum("blor,blri->bloi", adapter.scaled_B()["mlp.down_proj"][..., slots],
+                            adapter.lora_A["mlp.down_proj"][:, :, slots]).double()
 
     assert composed.compress(composed.rank) is composed
-    full = delta(composed)
-    for rank in (composed.rank - 1, 4, 1):
+    full, own = delta(composed), slice(0, composed.rank - shared)
+    video, bias = delta(composed, own), delta(composed, slice(composed.rank - shared, None))
+    # Above the bias block's rank, it is kept exactly and the video part gets the best rank - shared directions:
+    # the error is exactly the energy of that part's dropped singular values (Eckart-Young), layer by layer.
+    for rank in (composed.rank - 1, shared + 1):
         small = composed.compress(rank)
-        assert small.rank == rank
-        # Eckart-Young: the error is exactly the energy of the dropped singular values, layer by layer.
-        singular = torch.linalg.svdvals(full)
-        expected = singular[..., rank:].pow(2).sum(-1).sqrt()
+        assert small.rank == rank and small.shared_rank == shared
+        torch.testing.assert_close(delta(small, slice(rank - shared, None)), bias)
+        expected = torch.linalg.svdvals(video)[..., rank - shared:].pow(2).sum(-1).sqrt()
         torch.testing.assert_close(torch.linalg.matrix_norm(delta(small) - full), expected, atol=1e-4, rtol=1e-3)
-    # A compressed adapter of exact rank reproduces the update, and saves and loads like any other.
-    exact = composed.compress(composed.rank - 0)
-    torch.testing.assert_close(delta(exact), full)
+    # At or below it, the whole update is compressed.
+    for rank in (shared, 1):
+        small = composed.compress(rank)
+        assert small.rank == rank and small.shared_rank == 0
+        expected = torch.linalg.svdvals(full)[..., rank:].pow(2).sum(-1).sqrt()
+        torch.testing.assert_close(torch.linalg.matrix_norm(delta(small) - full), expected, atol=1e-4, rtol=1e-3)
     small[0].save_pretrained(tmp_path / "small")
     assert Video2LoRAAdapter.from_pretrained(tmp_path / "small").rank == 1
+
+
+def test_a_rank_bound_keeps_long_videos_small_and_is_exact_while_it_fits(make_model, tmp_path):
+    model = make_model()
+    perturb_(model)
+    frames = make_frames(16, seed=6)
+    composed = model.internalize(frames, segments=4)
+    assert composed.rank == 4 * model.config.lora_r + model.config.lora_r
+    fits = model.internalize(frames, segments=4, max_rank=composed.rank)
+    torch.testing.assert_close(fits.lora_A["mlp.down_proj"], composed.lora_A["mlp.down_proj"])
+    bounded = model.internalize(frames, segments=4, max_rank=12)
+    assert bounded.rank == 12 and bounded.shared_rank == model.config.lora_r
+    averaged = model.internalize(frames, segments=4, compose="average")
+    parts = [model.internalize(frames[i:i + 4]) for i in range(0, 16, 4)]
+    reference = Video2LoRAAdapter.compose(parts, mode="average")
+    torch.testing.assert_close(averaged.scaled_B()["mlp.down_proj"], reference.scaled_B()["mlp.down_proj"])
 
 
 def test_adapter_for_another_base_is_refused(make_model, processor, tmp_path, base_config):

@@ -100,6 +100,9 @@ def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
                           help="read a long video as K equal segments, one adapter each, composed into one")
     segments.add_argument("--segment_seconds", type=_positive_float, default=None,
                           help="or as segments of S seconds")
+    parser.add_argument("--max_rank", type=positive_int, default=None,
+                        help="keep a segmented video's adapter at most this rank (truncated SVD after each segment, "
+                             "exact while it fits), e.g. a server's --max-lora-rank")
 
 
 def _key_value(text: str, usage: str) -> tuple[str, str]:
@@ -191,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "frames); Base then sees num_frames x segments frames of the whole video")
     evaluate.add_argument("--compose", choices=("concat", "average"), default="concat",
                           help="how segment adapters combine with --segments > 1 (default: concat)")
+    evaluate.add_argument("--max_rank", type=positive_int, default=None,
+                          help="compress composed adapters to at most this rank (truncated SVD)")
     evaluate.add_argument("--batch_size", type=positive_int, default=16, help="questions per generate call")
     evaluate.add_argument("--judge", default=None, metavar="PATH", help="local causal LM to use as an LLM judge")
     evaluate.add_argument("--margins", nargs="+", type=_margin, default=[], metavar="METRIC=VALUE",
@@ -349,7 +354,7 @@ def _internalize(model: Video2LoRAModel, args: argparse.Namespace, path: str, vi
         return model.internalize(video)
     try:
         return model.internalize(path, start=args.start, end=args.end, num_frames=args.num_frames,
-                                 segments=args.segments, segment_seconds=args.segment_seconds)
+                                 segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank)
     except VideoDecodeError:
         raise
     except ValueError as error:
@@ -420,7 +425,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             adapter, stored = store.internalize(
                 model, args.source, reference=_model_reference(args.model), start=args.start, end=args.end,
                 num_frames=args.num_frames, segments=args.segments, segment_seconds=args.segment_seconds,
-                extra_files=lambda made, frames: _adapter_files(args, args.source, model, made, frames, "adapter"))
+                max_rank=args.max_rank, extra_files=lambda made, frames: _adapter_files(args, args.source, model, made, frames, "adapter"))
         except ValueError as error:  # a span or frame count the video cannot meet
             if isinstance(error, VideoDecodeError):
                 raise
@@ -518,7 +523,8 @@ def _eval_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What the records of an evaluation depend on; a resumed run must have the same."""
     return {"manifest": args.manifest, "data_root": args.data_root, "where": dict(args.where),
             "max_rows": args.max_rows, "num_frames": args.num_frames, "segments": args.segments,
-            "compose": args.compose, "max_new_tokens": args.max_new_tokens, "model": args.model}
+            "compose": args.compose, "max_rank": args.max_rank, "max_new_tokens": args.max_new_tokens,
+            "model": args.model}
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -605,7 +611,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         try:
             records = evaluate(model, rows, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
                                batch_size=args.batch_size, judge=judge, segments=args.segments,
-                               compose=args.compose, done=done, on_scored=keep)
+                               compose=args.compose, max_rank=args.max_rank, done=done, on_scored=keep)
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted; the rows scored so far are kept in {output / RECORDS_NAME}: rerun with "
                   "--resume to continue", file=sys.stderr)
@@ -618,6 +624,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         summary["where"] = dict(args.where)
     if args.segments > 1:
         summary["composition"] = {"segments": args.segments, "mode": args.compose}
+        if args.max_rank is not None:
+            summary["composition"]["max_rank"] = args.max_rank
     base_tokens = sum(record["visual_tokens"]["base"] for record in records) / len(records)
     summary["visual_tokens_per_query"] = {"base": base_tokens, "v2l": 0, "blind": 0}
     if judge is not None:

@@ -255,7 +255,7 @@ def _scores(row: Mapping[str, Any], answer: str) -> dict[str, float]:
 
 def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_frames: int | None = None,
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, judge: Judge | None = None,
-             segments: int = 1, compose: str = "concat", progress: bool = True,
+             segments: int = 1, compose: str = "concat", max_rank: int | None = None, progress: bool = True,
              done: Mapping[str, dict[str, Any]] | None = None,
              on_scored: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """
@@ -277,6 +277,7 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
             each made from `num_frames` frames, while Base sees `num_frames x segments` frames of the whole: the
             same frame budget, in one context against in separate adapters.
         compose: how segment adapters combine: `"concat"` (ranks add up) or `"average"` (rank kept).
+        max_rank: compress composed adapters to at most this rank ([`Video2LoRAAdapter.compress`]).
         progress: show progress bars.
         done: records already scored by an interrupted run, by row id; their videos are not evaluated again.
         on_scored: called with each video's new records as soon as they are scored (before any judge), so that a
@@ -299,7 +300,7 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
         else:  # the same segment path as `internalize --segments`; Base reads the whole with as many frames
             start, end = group[0].get("span") or (None, None)
             adapter = model.internalize(group[0]["video_path"], start=start, end=end, num_frames=num_frames,
-                                        segments=segments, compose=compose)
+                                        segments=segments, compose=compose, max_rank=max_rank)
         prompts = [row["prompt"] for row in group]
         unseen = list(dict.fromkeys(prompt for prompt in prompts if prompt not in blind_cache))
         blind_cache.update(zip(unseen, answer_with_adapter(model, None, unseen, **options), strict=True))

@@ -103,11 +103,11 @@ class AdapterStore:
     @staticmethod
     def key(video_sha256: str, model_identity: dict[str, Any], sampling: dict[str, Any], *,
             start: float | None = None, end: float | None = None, segments: int | None = None,
-            segment_seconds: float | None = None) -> str:
+            segment_seconds: float | None = None, max_rank: int | None = None) -> str:
         """The key of an adapter: a hash of the video's content, the model and every setting that shapes the
         adapter."""
         material = {"version": _KEY_VERSION, "video": video_sha256, "model": model_identity, "sampling": sampling,
-                    "span": [start, end], "segments": [segments, segment_seconds]}
+                    "span": [start, end], "segments": [segments, segment_seconds, max_rank]}
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
     def path(self, key: str) -> Path:
@@ -141,7 +141,7 @@ class AdapterStore:
 
     def internalize(self, model: Video2LoRAModel, video: str | os.PathLike, *, reference: str | None = None,
                     start: float | None = None, end: float | None = None, num_frames: int | None = None,
-                    segments: int | None = None, segment_seconds: float | None = None,
+                    segments: int | None = None, segment_seconds: float | None = None, max_rank: int | None = None,
                     extra_files: Callable[[Video2LoRAAdapter, SampledVideo], dict[str, str]] | None = None,
                     ) -> tuple[Video2LoRAAdapter, bool]:
         """
@@ -152,7 +152,7 @@ class AdapterStore:
             model: the Video2LoRA model.
             video: a video file (its content, not its path, is part of the key).
             reference: how the model was named (Hub id or folder), recorded in the key.
-            start / end / num_frames / segments / segment_seconds: as for `model.internalize`.
+            start / end / num_frames / segments / segment_seconds / max_rank: as for `model.internalize`.
             extra_files: makes the side files (provenance, card) of a new adapter from it and its frames.
 
         Returns:
@@ -160,7 +160,7 @@ class AdapterStore:
         """
         sampling = model.processor.sampling_kwargs(num_frames)
         key = self.key(sha256_file(video), self.model_identity(model, reference), sampling, start=start, end=end,
-                       segments=segments, segment_seconds=segment_seconds)
+                       segments=segments, segment_seconds=segment_seconds, max_rank=max_rank)
         stored = self.get(key)
         if stored is not None:
             return stored, True
@@ -169,7 +169,7 @@ class AdapterStore:
             adapter = model.internalize(frames)
         else:
             adapter = model.internalize(video, start=start, end=end, num_frames=num_frames, segments=segments,
-                                        segment_seconds=segment_seconds)
+                                        segment_seconds=segment_seconds, max_rank=max_rank)
         self.put(key, adapter, extra_files=extra_files(adapter, frames) if extra_files else None)
         # What was stored (in the base's dtype), so that this answer and every later one use the same weights.
         return self.get(key) or adapter, False

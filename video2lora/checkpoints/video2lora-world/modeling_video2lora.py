@@ -181,8 +181,10 @@ class Video2LoRAAdapter:
 
     def compress(self, rank: int) -> Video2LoRAAdapter:
         """
-        The best rank-`rank` approximation of every layer's update (a truncated SVD of `scale * B A`), so that a
-        composed adapter fits a server's maximum LoRA rank. Exact when `rank` is at least the current rank (the
+        A rank-`rank` adapter whose update is as close as possible to this one's (a truncated SVD), so that a composed
+        adapter fits a server's maximum LoRA rank. The bias block is kept exactly while it fits (`rank` above
+        `shared_rank`) and the video-dependent part gets the remaining `rank - shared_rank` directions, the best ones
+        for that part; otherwise the whole update is compressed. Exact when `rank` is at least the current rank (the
         adapter is returned unchanged). The update is never materialized: with `B = Q_b R_b` and `A^T = Q_a R_a`,
         `B A = Q_b (R_b R_a^T) Q_a^T`, and only the small `[r, r]` core is decomposed.
         """
@@ -190,16 +192,20 @@ class Video2LoRAAdapter:
             raise ValueError(f"rank must be >= 1, got {rank}.")
         if rank >= self.rank:
             return self
+        shared = self.shared_rank if rank > self.shared_rank else 0
+        own, kept = self.rank - shared, rank - shared
         lora_a, lora_b = {}, {}
         for name, scaled_b in self.scaled_B().items():
-            a = self.lora_A[name].double()  # [B, L, r, in]
-            q_b, r_b = torch.linalg.qr(scaled_b.double())  # [B, L, out, r], [B, L, r, r]
+            a, b = self.lora_A[name][:, :, :own].double(), scaled_b[..., :own].double()  # [B, L, r, in], [B, L, out, r]
+            q_b, r_b = torch.linalg.qr(b)  # [B, L, out, r], [B, L, r, r]
             q_a, r_a = torch.linalg.qr(a.transpose(-1, -2))  # [B, L, in, r], [B, L, r, r]
             u, singular, v_h = torch.linalg.svd(r_b @ r_a.transpose(-1, -2))
-            root = singular[..., :rank].sqrt()
-            lora_b[name] = ((q_b @ u[..., :rank]) * root[..., None, :]).to(scaled_b.dtype)
-            lora_a[name] = (root[..., :, None] * (v_h[..., :rank, :] @ q_a.transpose(-1, -2))).to(scaled_b.dtype)
-        return replace(self, lora_A=lora_a, lora_B=lora_b, scale=1.0, shared_rank=0,
+            root = singular[..., :kept].sqrt()
+            new_b = ((q_b @ u[..., :kept]) * root[..., None, :]).to(scaled_b.dtype)
+            new_a = (root[..., :, None] * (v_h[..., :kept, :] @ q_a.transpose(-1, -2))).to(scaled_b.dtype)
+            lora_a[name] = torch.cat([new_a, self.lora_A[name][:, :, own:].to(new_a.dtype)], dim=2)
+            lora_b[name] = torch.cat([new_b, scaled_b[..., own:]], dim=3)
+        return replace(self, lora_A=lora_a, lora_B=lora_b, scale=1.0, shared_rank=shared,
                        metadata={**self.metadata, "compressed_from_rank": self.rank})
 
     # ---- PEFT export ----------------------------------------------------------------------------------------------
@@ -811,7 +817,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
     @torch.no_grad()
     def internalize(self, video, *, start: float | None = None, end: float | None = None,
                     frame_rate: float | None = None, num_frames: int | None = None, segments: int | None = None,
-                    segment_seconds: float | None = None, compose: str = "concat",
+                    segment_seconds: float | None = None, compose: str = "concat", max_rank: int | None = None,
                     instruction: str | None = None) -> Video2LoRAAdapter:
         """
         The one-call path: a video file, a uint8 array `[T, H, W, 3]`, a list of PIL images or a `SampledVideo` -> one
@@ -831,6 +837,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             segments: cut the video (or span) into this many equal segments.
             segment_seconds: or into segments of about this length (the last one may be shorter).
             compose: how segment adapters combine: `"concat"` or `"average"`.
+            max_rank: keep the composed adapter at most this rank ([`Video2LoRAAdapter.compress`] after each segment;
+                exact while the rank fits), e.g. a serving engine's maximum LoRA rank.
             instruction: overrides `config.instruction`.
         """
         processor = self._require_processor()
@@ -839,7 +847,9 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             sampled = processor.sample_video(video, start=start, end=end, frame_rate=frame_rate,
                                              num_frames=num_frames)
             return self._internalize_frames(sampled, instruction)
-        parts = []
+        if compose not in ("concat", "average"):
+            raise ValueError(f"compose must be 'concat' or 'average', got {compose!r}.")
+        adapter = None
         for begin, finish in spans:
             if isinstance(video, (str, os.PathLike)):
                 sampled = processor.sample_video(video, start=begin, end=finish, num_frames=num_frames)
@@ -847,9 +857,19 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 rate = frame_rate or 1.0
                 sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
                                                  num_frames=num_frames)
-            parts.append(self._internalize_frames(sampled, instruction))
-        adapter = Video2LoRAAdapter.compose(parts, mode=compose)
-        adapter.metadata = {**adapter.metadata, "segments": [[begin, finish] for begin, finish in spans]}
+            part = self._internalize_frames(sampled, instruction)
+            # A running sum: no more than one segment's adapter is held besides it, and with `max_rank` the sum
+            # itself stays bounded, whatever the number of segments.
+            adapter = part if adapter is None else Video2LoRAAdapter.compose([adapter, part])
+            if max_rank is not None:
+                adapter = adapter.compress(max_rank)
+        if compose == "average":  # the sum's video-dependent part, divided by the number of segments
+            own = adapter.rank - adapter.shared_rank
+            adapter = replace(adapter, lora_A=dict(adapter.lora_A), scale=1.0, lora_B={
+                name: torch.cat([b[..., :own] / len(spans), b[..., own:]], dim=3)
+                for name, b in adapter.scaled_B().items()})
+        adapter.metadata = {**adapter.metadata, "segments": [[begin, finish] for begin, finish in spans],
+                            "composed": {"mode": compose, "parts": len(spans)}}
         return adapter
 
     def _internalize_frames(self, sampled, instruction: str | None) -> Video2LoRAAdapter:

@@ -1,0 +1,147 @@
+"""Long videos: peak memory and time of internalizing N frames in one context against segment by segment.
+
+For each frame count, two fresh worker processes (peak RSS is per process) internalize N random, never-black frames:
+
+- `whole`: one context of N frames (what `model.internalize(video, num_frames=N)` does): the decoder reads the whole
+  sequence, so memory grows with N and attention time faster than N;
+- `segmented`: `model.internalize(video, num_frames=W, segments=N // W, max_rank=64)`: W-frame segments read one after
+  another and summed in rank space, the sum compressed to rank 64 (a truncated SVD) after each segment, so at most one
+  segment's frames and states and a bounded adapter are held at a time.
+
+Reported per point: peak RSS above the RSS after loading the model and a warm-up, and the wall time of the call; then
+the ratios the long-video issue sets targets for (memory at the largest count over the smallest, time at the largest
+over a quarter of it). Results go to `benchmarks/results/long_video_<model>.json` with a plot beside it.
+
+Run: `python -m benchmarks.long_video --model tiny` (W = 64; 64 to 1,024 frames) and
+`python -m benchmarks.long_video --model 500m` (W = 8, 128 px; 8 to 32 frames).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.common import (
+    REPO_ROOT,
+    base_parser,
+    current_rss_bytes,
+    format_bytes,
+    load_model,
+    machine_info,
+    make_frames,
+    peak_rss_bytes,
+    reset_peak_rss,
+    setup_run,
+    write_json,
+)
+
+SETTINGS = {
+    "tiny": dict(frames=[64, 128, 256, 512, 1024], window=64, image_size=None),
+    "500m": dict(frames=[8, 16, 32], window=8, image_size=128),
+    "quick": dict(frames=[4, 8], window=4, image_size=None),
+}
+MODES = ("whole", "segmented")
+MAX_RANK = 64  # what a server's --max-lora-rank would allow
+
+
+def worker(name: str, num_frames: int, mode: str, window: int, image_size: int | None, threads: int) -> dict:
+    """In a fresh process: peak RSS and time of one internalization above the loaded model."""
+    torch.set_num_threads(threads)
+    bench = load_model(name, image_size=image_size)
+    frames = make_frames(num_frames, bench.image_size)
+
+    def internalize(count: int) -> None:
+        video = frames[:count]
+        with torch.inference_mode():
+            if mode == "whole" or count <= window:
+                bench.model.internalize(video, num_frames=count)
+            else:
+                bench.model.internalize(video, num_frames=window, segments=count // window, max_rank=MAX_RANK)
+
+    internalize(min(2, num_frames))  # lazy initialization stays out of the measurement
+    gc.collect()
+    baseline = current_rss_bytes()
+    resettable = reset_peak_rss()
+    started = time.perf_counter()
+    internalize(num_frames)
+    elapsed = time.perf_counter() - started
+    return {"frames": num_frames, "mode": mode, "seconds": elapsed, "peak_above_baseline_bytes":
+            peak_rss_bytes() - baseline, "peak_reset": resettable}
+
+
+def measure(name: str, threads: int) -> dict[str, Any]:
+    settings = SETTINGS[name]
+    rows = []
+    for num_frames in settings["frames"]:
+        for mode in MODES:
+            command = [sys.executable, "-m", "benchmarks.long_video", "--worker", mode, "--model", name,
+                       "--frames", str(num_frames), "--threads", str(threads)]
+            result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+            if result.returncode != 0:
+                raise RuntimeError(f"worker failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
+            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+            print(f"  {name} {mode:>9} {num_frames:>5} frames: peak +{format_bytes(rows[-1]['peak_above_baseline_bytes'])}"
+                  f", {rows[-1]['seconds']:.2f} s", flush=True)
+    first, last = settings["frames"][0], settings["frames"][-1]
+    quarter = last // 4 if last // 4 in settings["frames"] else first
+    summary = {}
+    for mode in MODES:
+        by_frames = {row["frames"]: row for row in rows if row["mode"] == mode}
+        summary[mode] = {
+            f"memory_{last}_over_{first}": by_frames[last]["peak_above_baseline_bytes"]
+            / max(by_frames[first]["peak_above_baseline_bytes"], 1),
+            f"time_{last}_over_{quarter}": by_frames[last]["seconds"] / by_frames[quarter]["seconds"],
+        }
+    return {"model": name, "window": settings["window"], "image_size": settings["image_size"], "rows": rows,
+            "ratios": summary, "machine": machine_info()}
+
+
+def plot(result: dict[str, Any], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (memory, seconds) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode in MODES:
+        rows = [row for row in result["rows"] if row["mode"] == mode]
+        frames = [row["frames"] for row in rows]
+        memory.plot(frames, [row["peak_above_baseline_bytes"] / 2**20 for row in rows], marker="o", label=mode)
+        seconds.plot(frames, [row["seconds"] for row in rows], marker="o", label=mode)
+    for axis, label in ((memory, "peak RSS above the loaded model (MiB)"), (seconds, "internalize time (s)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("frames")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(f"{result['model']}: one context vs {result['window']}-frame segments")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = base_parser(__doc__.splitlines()[0], ["tiny"])
+    parser.add_argument("--worker", choices=MODES, help="internal: one measurement in this process")
+    parser.add_argument("--frames", type=int, default=None, help="internal: the worker's frame count")
+    args = parser.parse_args(argv)
+    if args.worker:
+        name = args.model[0]
+        settings = SETTINGS[name]
+        print(json.dumps(worker(name, args.frames, args.worker, settings["window"], settings["image_size"],
+                                args.threads)))
+        return
+    for name in setup_run(args):
+        result = measure(name, args.threads)
+        print(json.dumps(result["ratios"], indent=2))
+        write_json(args.output_dir / f"long_video_{name}.json", result)
+        plot(result, args.output_dir / f"long_video_{name}.png")
+
+
+if __name__ == "__main__":
+    main()
