@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import adapter_overhead, batched_serving, hypernetwork_cost, query_time
+from benchmarks import adapter_overhead, batched_serving, hypernetwork_cost, query_time, teacher_cost
 
 
 @pytest.fixture
@@ -92,3 +92,18 @@ def test_hypernetwork_cost(run_quick):
     lengths = [row["context_tokens"] for row in result["attention_paths"]]
     assert lengths == [lengths[0], 4 * lengths[0], 16 * lengths[0]]
     assert all(row["speedup"] > 0 and row["through_projections_s"] > 0 for row in result["attention_paths"])
+
+
+def test_teacher_cost(run_quick):
+    result = run_quick(teacher_cost, "teacher_cost")
+    assert result["videos"] == 2 and result["questions_per_video"] == 4 and result["frames_per_video"] == 2
+    same = result["same_answers"]
+    assert same["tokens"] and same["top_ids"] and same["max_abs_logprob_difference"] < 1e-5
+    work = result["work_per_video"]
+    # Exact counts: the per-row path reads the frames once per question, the cached prefix once per video.
+    assert work["per_row"]["vision_frames"] == 4 * work["cached_prefix"]["vision_frames"] == 4 * 2
+    assert all(0 < tokens for tokens in result["shared_prefix_tokens"])
+    assert work["cached_prefix"]["prefill_tokens"] == work["per_row"]["prefill_tokens"] - 3 * sum(
+        result["shared_prefix_tokens"]) / result["videos"]
+    assert all(seconds > 0 for seconds in result["seconds_per_video"].values())
+    assert result["speedup"]["per_row_over_cached_prefix"] > 0 and result["rounds"] == 2

@@ -6,7 +6,19 @@ import pytest
 import torch
 
 from video2lora.data import ManifestError, read_manifest, write_manifest
-from video2lora.teacher import _part_paths, generate_teacher_targets, load_teacher, main, weights_fingerprint
+from video2lora.teacher import (
+    _answer_rows,
+    _answer_video,
+    _load_video,
+    _part_paths,
+    _shared_prefix_length,
+    _video_key,
+    _video_prompt_ids,
+    generate_teacher_targets,
+    load_teacher,
+    main,
+    weights_fingerprint,
+)
 from video2lora.world import write_world
 
 GENERATION = dict(num_frames=4, batch_size=2, max_new_tokens=4, top_k_logprobs=3, progress=False)
@@ -150,3 +162,89 @@ def test_bad_input_fails_with_one_line_errors(setup, tmp_path, capsys):
     write_manifest(bad, [{"id": "x"}])
     report = generate_teacher_targets(setup["vlm"], setup["processor"], bad, tmp_path / "empty.jsonl", **GENERATION)
     assert report.bad_rows and (tmp_path / "empty.jsonl").read_text() == ""
+
+
+def _teacher_order(rows):
+    """The order today's path answered rows in: QA before captions, batches mixing videos."""
+    return sorted(rows, key=lambda row: row["task_type"] != "qa")
+
+
+def test_one_prefix_per_video_answers_as_each_row_encoded_with_its_video(setup, tmp_path):
+    """The cached path (each video's shared prompt prefix, frames included, prefilled once; every batch feeds only
+    its questions' remaining tokens) gives today's answers: each row encoded whole with its video, batches mixing
+    videos. Same tokens and top-k ids, log-probs to float rounding, for several videos of several questions each."""
+    vlm, processor = setup["vlm"], setup["processor"]
+    rows = read_manifest(write_world(tmp_path, split="validation", num_clips=3, progress=False)).rows
+    videos = {}
+    for row in rows:
+        if _video_key(row) not in videos:
+            videos[_video_key(row)] = _load_video(row, {}, processor, num_frames=4)
+    options = dict(max_new_tokens=8, top_k=5)
+    order = _teacher_order(rows)
+    expected = {}
+    for start in range(0, len(order), 4):
+        batch = order[start:start + 4]
+        answers = _answer_rows(vlm, processor, [videos[_video_key(row)] for row in batch],
+                               [row["prompt"] for row in batch], **options)
+        expected.update(zip([row["id"] for row in batch], answers, strict=True))
+
+    mixed_lengths = 0
+    for key, video in videos.items():
+        group = _teacher_order([row for row in rows if _video_key(row) == key])
+        prompts = [row["prompt"] for row in group]
+        assert len(group) >= 8
+        prompt_ids = _video_prompt_ids(processor, video, prompts)
+        length = _shared_prefix_length(prompt_ids, processor.image_token_id)
+        assert length is not None and processor.image_token_id in prompt_ids[0][:length]
+        mixed_lengths += sum(len({len(ids) for ids in prompt_ids[i:i + 4]}) > 1 for i in range(0, len(group), 4))
+        batches = list(_answer_video(vlm, processor, video, prompts, batch_size=4, **options))
+        assert [len(batch) for batch in batches] == [len(prompts[i:i + 4]) for i in range(0, len(prompts), 4)]
+        for row, (text, logprobs) in zip(group, [answer for batch in batches for answer in batch], strict=True):
+            want_text, want = expected[row["id"]]
+            assert text == want_text and logprobs["token_ids"] == want["token_ids"], row["id"]
+            assert logprobs["top_ids"] == want["top_ids"], row["id"]
+            assert torch.allclose(torch.tensor(logprobs["top_logprobs"]), torch.tensor(want["top_logprobs"]),
+                                  rtol=0, atol=1e-5), row["id"]
+    assert mixed_lengths >= 3  # batches whose questions have different lengths (padding between prefix and tail)
+
+
+def test_whole_run_matches_the_per_row_encoding(setup, reference_output, monkeypatch):
+    """End to end, the manifest written from cached prefixes is the one the per-row encoding writes."""
+    from video2lora import teacher
+
+    monkeypatch.setattr(teacher, "_shared_prefix_length", lambda prompt_ids, image_token_id: None)
+    output = setup["root"] / "per_row.jsonl"
+    generate_teacher_targets(setup["vlm"], setup["processor"], setup["manifest"], output, **GENERATION)
+    _same_manifest(_rows(output), _rows(reference_output[0]))
+
+
+def test_question_before_the_video_falls_back_to_per_row_encoding(setup, tmp_path, monkeypatch):
+    """A chat template that writes the question before the video leaves no shared prefix holding the frames: each row
+    is then encoded with its video, and the answers are those of the per-row path."""
+    import copy
+
+    from video2lora import teacher
+
+    processor = copy.deepcopy(setup["processor"])
+    processor.chat_template = (
+        "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}: "
+        "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}{% endif %}{% endfor %}"
+        "{% for line in message['content'] %}{% if line['type'] == 'video' %}{{ '<video>' }}{% endif %}{% endfor %}"
+        "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+    rows = [row for row in read_manifest(setup["manifest"], data_root=setup["root"], strict=False).rows
+            if "0000000" in row["id"]]
+    video = _load_video(rows[0], {}, processor, num_frames=4)
+    prompts = [row["prompt"] for row in rows]
+    assert _shared_prefix_length(_video_prompt_ids(processor, video, prompts), processor.image_token_id) is None
+
+    def no_prefix(*args, **kwargs):
+        raise AssertionError("no prefix holds the frames")
+
+    monkeypatch.setattr(teacher, "_prefill_prefix", no_prefix)
+    options = dict(max_new_tokens=4, top_k=3)
+    answers = [answer for batch in _answer_video(setup["vlm"], processor, video, prompts, batch_size=2, **options)
+               for answer in batch]
+    expected = [answer for start in range(0, len(prompts), 2)
+                for answer in _answer_rows(setup["vlm"], processor, [video] * len(prompts[start:start + 2]),
+                                           prompts[start:start + 2], **options)]
+    assert answers == expected

@@ -16,6 +16,14 @@ files or in an existing output. When every process is done, the main process mer
 writes the output atomically and removes the parts. Process `rank` of `world_size` takes the rows whose index in the
 manifest satisfies `index % world_size == rank`.
 
+Each video is encoded once. A process answers its rows video by video (a video being a file and span): the prompts
+of one video agree token for token up to the end of its frames (chat header, frame timestamps and image tokens, and
+whatever the questions share after them), so that common prefix goes through the frozen VLM once, pixel values
+included, and every batch of the video's questions continues a copy of its key/value cache with only its own
+remaining tokens. The answers are the ones the prompts get when each is encoded whole with its video (tested to the
+token, log-probs within float rounding); a chat template whose prompts differ before the last image token (a question
+before the video) gets the per-row encoding instead.
+
 Rows that cannot be used (invalid manifest rows, undecodable videos, empty teacher answers) are skipped, counted and
 logged with their line number and the reason.
 """
@@ -23,18 +31,21 @@ logged with their line number and the reason.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+
+from processing_video2lora import VIDEO_PLACEHOLDER
 
 from .data import ManifestError, read_manifest, resolve_data_root, write_manifest
 from .video import SampledVideo, VideoDecodeError
@@ -43,8 +54,8 @@ __all__ = ["TeacherReport", "generate_teacher_targets", "load_teacher", "main"]
 
 logger = logging.getLogger(__name__)
 
-# How many decoded videos stay cached between batches; consecutive rows usually share a video.
-_VIDEO_CACHE_SIZE = 64
+# How many decoded videos stay cached: rows are answered video by video, so only the video in hand is needed again.
+_VIDEO_CACHE_SIZE = 1
 # Log-probabilities are rounded in the manifest: 4 decimals are far below any effect on a KL term and halve the size.
 _LOGPROB_DECIMALS = 4
 
@@ -172,12 +183,18 @@ def _raw_rows_by_line(manifest: Path) -> dict[int, dict]:
     return rows
 
 
-def _load_video(row: dict, cache: dict, processor, *, num_frames: int | None) -> SampledVideo:
+def _video_key(row: dict) -> tuple[str, tuple[float, ...] | None]:
+    """What identifies a row's video: its file and span. Rows with one key share frames and a prompt prefix."""
     span = row.get("span")
-    key = (row["video_path"], tuple(span) if span else None)
+    return row["video_path"], tuple(span) if span else None
+
+
+def _load_video(row: dict, cache: dict, processor, *, num_frames: int | None) -> SampledVideo:
+    key = _video_key(row)
     if key not in cache:
         if len(cache) >= _VIDEO_CACHE_SIZE:
             cache.pop(next(iter(cache)))
+        span = row.get("span")
         start, end = (span[0], span[1]) if span else (None, None)
         cache[key] = processor.sample_video(row["video_path"], start=start, end=end, num_frames=num_frames)
     return cache[key]
@@ -193,10 +210,48 @@ def _eos_ids(vlm, processor) -> set[int]:
     return ids
 
 
+def _pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _generate(vlm, processor, inputs: dict, *, max_new_tokens: int, top_k: int) -> list[tuple[str, dict | None]]:
+    """
+    Greedy answers to a left-padded batch, and optionally the top-k log-probs of every answer token.
+
+    Args:
+        inputs (`dict`): `generate()` inputs: `input_ids` and `attention_mask` `[B, S]`, plus either the frames
+            (`pixel_values`, `pixel_attention_mask`) or a `cache` that already holds the start of every row.
+        max_new_tokens (`int`): Answer length limit.
+        top_k (`int`): How many log-probs to keep per answer token; 0 keeps none.
+
+    Returns:
+        One `(text, logprobs)` per row: `logprobs` is `None` when `top_k` is 0, else `{"token_ids", "top_ids",
+        "top_logprobs"}` for the tokens up to and including the first end-of-answer token, the log-probs unrounded.
+    """
+    tokenizer = processor.tokenizer
+    output = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                          return_dict_in_generate=True, output_logits=top_k > 0, pad_token_id=_pad_token_id(tokenizer))
+    generated = output.sequences[:, inputs["input_ids"].shape[1]:].tolist()  # [B, T] new tokens only
+    eos_ids = _eos_ids(vlm, processor)
+    results = []
+    for row, token_ids in enumerate(generated):
+        # Keep the tokens up to and including the first end-of-answer token; the rest is padding.
+        length = next((i + 1 for i, token in enumerate(token_ids) if token in eos_ids), len(token_ids))
+        token_ids = token_ids[:length]
+        text = tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+        logprobs = None
+        if top_k > 0:
+            steps = torch.stack([output.logits[t][row] for t in range(length)]).float().log_softmax(-1)  # [T, V]
+            top = steps.topk(min(top_k, steps.shape[-1]), dim=-1)
+            logprobs = {"token_ids": token_ids, "top_ids": top.indices.tolist(), "top_logprobs": top.values.tolist()}
+        results.append((text, logprobs))
+    return results
+
+
 @torch.no_grad()
-def _answer_batch(vlm, processor, videos: list[SampledVideo], prompts: list[str], *, max_new_tokens: int,
-                  top_k: int) -> list[tuple[str, dict | None]]:
-    """Greedy answers (and optionally top-k log-probs per generated token) with each video in context."""
+def _answer_rows(vlm, processor, videos: list[SampledVideo], prompts: list[str], *, max_new_tokens: int,
+                 top_k: int) -> list[tuple[str, dict | None]]:
+    """Answers with each row's video encoded in its own prompt (one video prefill per row); see `_generate`."""
     tokenizer = processor.tokenizer
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # batched generation continues every row from its last real token
@@ -208,26 +263,84 @@ def _answer_batch(vlm, processor, videos: list[SampledVideo], prompts: list[str]
         tokenizer.padding_side = padding_side
     inputs = inputs.to(vlm.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(vlm.dtype)
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    output = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                          return_dict_in_generate=True, output_logits=top_k > 0, pad_token_id=pad_token_id)
-    generated = output.sequences[:, inputs["input_ids"].shape[1]:].tolist()
-    eos_ids = _eos_ids(vlm, processor)
-    results = []
-    for row, token_ids in enumerate(generated):
-        # Keep the tokens up to and including the first end-of-answer token; the rest is padding.
-        length = next((i + 1 for i, token in enumerate(token_ids) if token in eos_ids), len(token_ids))
-        token_ids = token_ids[:length]
-        text = tokenizer.decode(token_ids, skip_special_tokens=True).strip()
-        logprobs = None
-        if top_k > 0:
-            steps = torch.stack([output.logits[t][row] for t in range(length)]).float().log_softmax(-1)
-            top = steps.topk(min(top_k, steps.shape[-1]), dim=-1)
-            logprobs = {"token_ids": token_ids, "top_ids": top.indices.tolist(),
-                        "top_logprobs": [[round(value, _LOGPROB_DECIMALS) for value in step]
-                                         for step in top.values.tolist()]}
-        results.append((text, logprobs))
-    return results
+    return _generate(vlm, processor, dict(inputs), max_new_tokens=max_new_tokens, top_k=top_k)
+
+
+def _video_prompt_ids(processor, video: SampledVideo, prompts: list[str]) -> list[list[int]]:
+    """Every prompt's token ids with `video` in context, unpadded: the text `encode_videos` lays out and tokenizes."""
+    layout = processor.video_prompt(len(video.frames), video.timestamps, video.duration)
+    texts = [processor.chat_prompt(prompt, with_video=True).replace(VIDEO_PLACEHOLDER, layout, 1) for prompt in prompts]
+    return processor.tokenizer(texts)["input_ids"]
+
+
+def _shared_prefix_length(prompt_ids: list[list[int]], image_token_id: int) -> int | None:
+    """
+    How many leading tokens all prompts share and can be cached: their longest common prefix, short of every
+    prompt's last token (generation starts from at least one token of each row's own). `None` when an image token
+    lies beyond it, since the frames enter the model with the prefix only.
+    """
+    length = min(len(os.path.commonprefix(prompt_ids)), min(len(ids) for ids in prompt_ids) - 1)
+    if any(image_token_id in ids[length:] for ids in prompt_ids):
+        return None
+    return length
+
+
+@torch.no_grad()
+def _prefill_prefix(vlm, processor, video: SampledVideo, prefix_ids: list[int], prompt: str):
+    """The frozen VLM's key/value cache (batch 1) after `prefix_ids` `[P]`, the frames read by the vision tower once.
+    `prompt` is any of the video's prompts; only the frames of its encoding are used."""
+    pixels = processor.encode_videos([video.frames], prompt, timestamps=[video.timestamps],
+                                     durations=[video.duration]).to(vlm.device)
+    # The inner model: the cache needs the prefix's keys and values, not its logits.
+    return vlm.model(input_ids=torch.tensor([prefix_ids], device=vlm.device),
+                     pixel_values=pixels["pixel_values"].to(vlm.dtype),
+                     pixel_attention_mask=pixels["pixel_attention_mask"], use_cache=True).cache
+
+
+@torch.no_grad()
+def _answer_from_prefix(vlm, processor, prefix_ids: list[int], prefix_cache, tails: list[list[int]], *,
+                        max_new_tokens: int, top_k: int) -> list[tuple[str, dict | None]]:
+    """
+    Answers to prompts that all start with `prefix_ids` `[P]`, given the prefix's cache: each row feeds only its tail.
+
+    Rows are laid out `[prefix | left padding | tail]` `[B, P + W]`, the padding masked out, so each tail's positions
+    continue right after the prefix (`generate` numbers positions by the attention mask), exactly as in the prompt
+    encoded whole. `generate` appends to the cache it is given, so it gets a copy widened to the batch.
+    """
+    pad = _pad_token_id(processor.tokenizer)
+    width = max(len(tail) for tail in tails)
+    input_ids = [prefix_ids + [pad] * (width - len(tail)) + tail for tail in tails]
+    attention_mask = [[1] * len(prefix_ids) + [0] * (width - len(tail)) + [1] * len(tail) for tail in tails]
+    cache = copy.deepcopy(prefix_cache)
+    if len(tails) > 1:
+        cache.batch_repeat_interleave(len(tails))  # [1, heads, P, head_dim] -> [B, heads, P, head_dim] per layer
+    inputs = {"input_ids": torch.tensor(input_ids, device=vlm.device),
+              "attention_mask": torch.tensor(attention_mask, device=vlm.device), "cache": cache}
+    return _generate(vlm, processor, inputs, max_new_tokens=max_new_tokens, top_k=top_k)
+
+
+def _answer_video(vlm, processor, video: SampledVideo, prompts: list[str], *, batch_size: int, max_new_tokens: int,
+                  top_k: int) -> Iterator[list[tuple[str, dict | None]]]:
+    """
+    Answers to all of one video's prompts, one list per batch of `batch_size` prompts in order (see `_generate`).
+
+    The prompts' shared prefix, frames included, is prefilled once and every batch continues from its cache. If the
+    prompts differ before their last image token (a chat template that writes the question before the video), no
+    prefix holds the frames, and each row is encoded with its video instead.
+    """
+    prompt_ids = _video_prompt_ids(processor, video, prompts)
+    length = _shared_prefix_length(prompt_ids, processor.image_token_id)
+    prefix_cache = None if length is None else _prefill_prefix(vlm, processor, video, prompt_ids[0][:length],
+                                                               prompts[0])
+    for start in range(0, len(prompts), batch_size):
+        stop = start + batch_size
+        if prefix_cache is None:
+            yield _answer_rows(vlm, processor, [video] * len(prompts[start:stop]), prompts[start:stop],
+                               max_new_tokens=max_new_tokens, top_k=top_k)
+        else:
+            yield _answer_from_prefix(vlm, processor, prompt_ids[0][:length], prefix_cache,
+                                      [ids[length:] for ids in prompt_ids[start:stop]],
+                                      max_new_tokens=max_new_tokens, top_k=top_k)
 
 
 def generate_teacher_targets(
@@ -321,9 +434,13 @@ def generate_teacher_targets(
         done.update(row["id"] for row in answered)
     mine = [entry for index, entry in enumerate(rows) if index % num_processes == process_index]
     pending = [entry for entry in mine if entry[1]["id"] not in done]
-    # A generate call lasts as long as its longest answer: batching short QA answers apart from long captions makes
-    # most batches stop after a few tokens. The sort is stable and the output keeps manifest order anyway.
-    pending.sort(key=lambda entry: entry[2]["task_type"] != "qa")
+    # Rows are answered video by video (a batch continues one video's cached prefix), videos in manifest order. A
+    # generate call lasts as long as its longest answer, so within a video short QA answers come before the long
+    # captions and share batches with them only at the end. The output keeps manifest order anyway.
+    by_video: dict[tuple, list] = {}
+    for entry in pending:
+        by_video.setdefault(_video_key(entry[2]), []).append(entry)
+    groups = [sorted(entries, key=lambda entry: entry[2]["task_type"] != "qa") for entries in by_video.values()]
     report.num_resumed = len(mine) - len(pending)
     if report.num_resumed:
         logger.info(f"Resuming: {report.num_resumed} of this process's {len(mine)} rows are already answered.")
@@ -335,39 +452,46 @@ def generate_teacher_targets(
     video_cache: dict = {}
     bar = tqdm(total=len(pending), desc="teacher", unit="row", disable=not progress or process_index != 0)
     with own_part.open("a", encoding="utf-8") as part:
-        for start in range(0, len(pending), batch_size):
-            batch, videos = [], []
-            for line, raw, resolved in pending[start:start + batch_size]:
+        for entries in groups:
+            good, video = [], None
+            for line, raw, resolved in entries:
                 try:
-                    videos.append(_load_video(resolved, video_cache, processor, num_frames=num_frames))
+                    video = _load_video(resolved, video_cache, processor, num_frames=num_frames)
                 except (VideoDecodeError, OSError, ValueError) as error:
                     reason = " ".join(str(error).split())
                     logger.warning(f"{manifest}:{line}: skipped: {reason}")
                     report.bad_rows.append((line, reason))
                     continue
-                batch.append((line, raw, resolved))
-            answers = _answer_batch(vlm, processor, videos, [resolved["prompt"] for _, _, resolved in batch],
-                                    max_new_tokens=max_new_tokens, top_k=top_k_logprobs) if batch else []
-            for (line, raw, _), (text, logprobs) in zip(batch, answers, strict=True):
-                if not text:
-                    reason = "the teacher's answer is empty"
-                    logger.warning(f"{manifest}:{line}: skipped: {reason}")
-                    report.bad_rows.append((line, reason))
-                    continue
-                row = dict(raw)
-                row.setdefault("reference_text", raw.get("target_text", ""))
-                row["target_text"] = text
-                row["metadata"] = {**(raw.get("metadata") or {}), "teacher": teacher_meta}
-                if logprobs is not None:
-                    row["teacher_logprobs"] = logprobs
-                part.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-                report.num_generated += 1
-            # Durable per batch: a crash loses at most the batch in flight.
-            part.flush()
-            os.fsync(part.fileno())
-            bar.update(len(pending[start:start + batch_size]))
-            if on_batch_end is not None:
-                on_batch_end(report.num_generated)
+                good.append((line, raw, resolved))
+            bar.update(len(entries) - len(good))
+            if not good:
+                continue
+            batches = _answer_video(vlm, processor, video, [resolved["prompt"] for _, _, resolved in good],
+                                    batch_size=batch_size, max_new_tokens=max_new_tokens, top_k=top_k_logprobs)
+            for start, answers in zip(range(0, len(good), batch_size), batches, strict=True):
+                batch = good[start:start + batch_size]
+                for (line, raw, _), (text, logprobs) in zip(batch, answers, strict=True):
+                    if not text:
+                        reason = "the teacher's answer is empty"
+                        logger.warning(f"{manifest}:{line}: skipped: {reason}")
+                        report.bad_rows.append((line, reason))
+                        continue
+                    row = dict(raw)
+                    row.setdefault("reference_text", raw.get("target_text", ""))
+                    row["target_text"] = text
+                    row["metadata"] = {**(raw.get("metadata") or {}), "teacher": teacher_meta}
+                    if logprobs is not None:
+                        row["teacher_logprobs"] = {
+                            **logprobs, "top_logprobs": [[round(value, _LOGPROB_DECIMALS) for value in step]
+                                                         for step in logprobs["top_logprobs"]]}
+                    part.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+                    report.num_generated += 1
+                # Durable per batch: a crash loses at most the batch in flight.
+                part.flush()
+                os.fsync(part.fileno())
+                bar.update(len(batch))
+                if on_batch_end is not None:
+                    on_batch_end(report.num_generated)
     bar.close()
 
     if barrier is not None:
