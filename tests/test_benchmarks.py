@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import adapter_overhead, batched_serving, hypernetwork_cost, query_time, teacher_cost
+from benchmarks import adapter_overhead, batched_serving, hypernetwork_cost, long_video, query_time, teacher_cost
 
 
 @pytest.fixture
@@ -107,3 +107,12 @@ def test_teacher_cost(run_quick):
         result["shared_prefix_tokens"]) / result["videos"]
     assert all(seconds > 0 for seconds in result["seconds_per_video"].values())
     assert result["speedup"]["per_row_over_cached_prefix"] > 0 and result["rounds"] == 2
+
+
+def test_long_video(run_quick, tmp_path):
+    result = run_quick(long_video, "long_video")
+    modes = {(row["mode"], row["frames"]) for row in result["rows"]}
+    assert modes == {(mode, frames) for mode in long_video.MODES for frames in long_video.SETTINGS["quick"]["frames"]}
+    assert all(row["peak_above_baseline_bytes"] > 0 and row["seconds"] > 0 for row in result["rows"])
+    assert set(result["ratios"]) == set(long_video.MODES)
+    assert (tmp_path / "long_video_quick.png").stat().st_size > 0

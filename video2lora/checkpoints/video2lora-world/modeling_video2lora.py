@@ -196,15 +196,20 @@ class Video2LoRAAdapter:
         own, kept = self.rank - shared, rank - shared
         lora_a, lora_b = {}, {}
         for name, scaled_b in self.scaled_B().items():
-            a, b = self.lora_A[name][:, :, :own].double(), scaled_b[..., :own].double()  # [B, L, r, in], [B, L, out, r]
-            q_b, r_b = torch.linalg.qr(b)  # [B, L, out, r], [B, L, r, r]
-            q_a, r_a = torch.linalg.qr(a.transpose(-1, -2))  # [B, L, in, r], [B, L, r, r]
-            u, singular, v_h = torch.linalg.svd(r_b @ r_a.transpose(-1, -2))
-            root = singular[..., :kept].sqrt()
-            new_b = ((q_b @ u[..., :kept]) * root[..., None, :]).to(scaled_b.dtype)
-            new_a = (root[..., :, None] * (v_h[..., :kept, :] @ q_a.transpose(-1, -2))).to(scaled_b.dtype)
-            lora_a[name] = torch.cat([new_a, self.lora_A[name][:, :, own:].to(new_a.dtype)], dim=2)
-            lora_b[name] = torch.cat([new_b, scaled_b[..., own:]], dim=3)
+            lora = self.lora_A[name]
+            new_a = lora.new_empty(*lora.shape[:2], rank, lora.shape[3])  # [B, L, rank, in]
+            new_b = scaled_b.new_empty(*scaled_b.shape[:3], rank)  # [B, L, out, rank]
+            for layer in range(lora.shape[1]):  # one layer at a time: the float64 work stays one layer's size
+                a, b = lora[:, layer, :own].double(), scaled_b[:, layer, :, :own].double()  # [B, r, in], [B, out, r]
+                q_b, r_b = torch.linalg.qr(b)  # [B, out, r], [B, r, r]
+                q_a, r_a = torch.linalg.qr(a.transpose(-1, -2))  # [B, in, r], [B, r, r]
+                u, singular, v_h = torch.linalg.svd(r_b @ r_a.transpose(-1, -2))
+                root = singular[..., :kept].sqrt()
+                new_b[:, layer, :, :kept] = (q_b @ u[..., :kept]) * root[..., None, :]
+                new_a[:, layer, :kept] = root[..., :, None] * (v_h[..., :kept, :] @ q_a.transpose(-1, -2))
+            new_a[:, :, kept:] = lora[:, :, own:]
+            new_b[..., kept:] = scaled_b[..., own:]
+            lora_a[name], lora_b[name] = new_a, new_b
         return replace(self, lora_A=lora_a, lora_B=lora_b, scale=1.0, shared_rank=shared,
                        metadata={**self.metadata, "compressed_from_rank": self.rank})
 
@@ -724,6 +729,14 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             layer._gradient_checkpointing_func = (
                 functools.partial(_checkpoint_decoder_layer, layer, gradient_checkpointing_func) if enable else None)
             layer.training = enable and self.training
+
+    def enable_input_require_grads(self) -> None:
+        """
+        Does nothing. `activation_checkpointing_enable` calls it so that reentrant checkpointing of a frozen model
+        trained through adapters sees an input that requires grad; here checkpointing is non-reentrant and the
+        student's gradient starts at the generated LoRA, so making the frozen base's embeddings require grad would only
+        add a backward pass into them.
+        """
 
     @property
     def fingerprint(self) -> str:
