@@ -4,7 +4,10 @@
 python train_hf.py --base_model_name_or_path HuggingFaceTB/SmolVLM2-500M-Video-Instruct \
     --train_manifest data/train_teacher.jsonl --output_dir runs/v2l
 accelerate launch train_hf.py ...                                           # one process, or per accelerate config
-accelerate launch --config_file configs/accelerate_multi_gpu.yaml train_hf.py ...
+accelerate launch --config_file configs/accelerate_multi_gpu.yaml train_hf.py ...    # DDP
+accelerate launch --config_file configs/accelerate_fsdp.yaml train_hf.py ...         # FSDP: the hypernetwork sharded
+python train_hf.py configs/recipes/smolvlm2_500m.yaml --train_manifest ... --output_dir ...   # a recipe, plus flags
+python train_hf.py configs/recipes/smolvlm2_2.2b.yaml --dry_run                # sizes and memory, one CPU step
 ```
 
 The frozen SmolVLM2 reads each video (frames + the config's instruction); the perceiver hypernetwork turns its
@@ -19,6 +22,10 @@ answers all its questions through `adapter_index`, so `--per_device_train_batch_
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,6 +47,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
+from configuration_video2lora import Video2LoRAConfig
 from modeling_video2lora import Video2LoRAModel
 from processing_video2lora import Video2LoRAProcessor
 from video2lora.cards import render_card
@@ -108,8 +116,24 @@ class ModelArguments:
     use_context_positions: bool | None = field(default=None, metadata={
         "help": "Sinusoidal context positions through a zero-initialized projection; may be added with --init_from."})
     instruction: str | None = field(default=None, metadata={"help": "Text after the frames when reading a video."})
+    dry_run: bool = field(default=False, metadata={
+        "help": "Build the full-size base and hypernetwork on the meta device, print their parameters, the optimizer "
+                "state and an estimate of peak GPU memory per device (DDP and FSDP over --dry_run_num_devices, with "
+                "and without --gradient_checkpointing) for this batch and frame count, run one real training step of "
+                "the same architecture at reduced size on CPU with random weights, and exit. Needs no data and "
+                "downloads nothing: the base's config comes from its folder, the Hub cache, or the SmolVLM2 "
+                "architectures this repository knows."})
+    dry_run_num_devices: int = field(default=8, metadata={"help": "Devices the --dry_run estimate divides over."})
+    dry_run_text_tokens: int = field(default=96, metadata={
+        "help": "--dry_run: tokens per question row of the student pass (prompt + answer, padded)."})
+    dry_run_answer_tokens: int = field(default=64, metadata={
+        "help": "--dry_run: answer tokens per row (the loss's tokens; the teacher answers in at most 64)."})
 
     def __post_init__(self):
+        if self.dry_run and self.dry_run_answer_tokens > self.dry_run_text_tokens:
+            raise TrainingSetupError("--dry_run_answer_tokens cannot exceed --dry_run_text_tokens.")
+        if self.dry_run and min(self.dry_run_num_devices, self.dry_run_answer_tokens) < 1:
+            raise TrainingSetupError("--dry_run_num_devices and --dry_run_answer_tokens must be >= 1.")
         if (self.base_model_name_or_path is None) == (self.init_from is None):
             raise TrainingSetupError("Give exactly one of --base_model_name_or_path (fresh hypernetwork) and --init_from "
                              "(continue a Video2LoRA checkpoint).")
@@ -427,11 +451,22 @@ class Video2LoRATrainer(Trainer):
     def __init__(self, *args, base_model_reference: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.base_model_reference = base_model_reference
+        if self.is_fsdp_enabled:
+            # accelerate's FSDP2 preparation gives `model.get_input_embeddings()` a unit of its own. This model's input
+            # embeddings are the frozen base's, which `configs/accelerate_fsdp.yaml` leaves out of FSDP (ignored and
+            # replicated), and `Video2LoRAModel` does not define the method (PreTrainedModel's raises).
+            self.model.get_input_embeddings = lambda: None
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The default AdamW and weight-decay grouping, over the hypernetwork's parameters only."""
         hypernetwork = self.accelerator.unwrap_model(self.model).hypernetwork
         return super().create_optimizer(hypernetwork)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Trainer's save, with the model's own class: FSDP2 swaps it for a subclass defined in torch, whose module
+        `save_pretrained` would otherwise copy as the checkpoint's code and name in `auto_map`."""
+        with _own_class(self.model):
+            super()._save(output_dir, state_dict)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the hypernetwork; the final (non-internal) save names the base by `base_model_reference`."""
@@ -444,6 +479,25 @@ class Video2LoRATrainer(Trainer):
             super().save_model(output_dir, _internal_call)
         finally:
             config.base_model_name_or_path = original
+
+
+@contextlib.contextmanager
+def _own_class(model: torch.nn.Module):
+    """Within the block, `model` has its class from before `fully_shard` (FSDP2 swaps in `FSDP<Class>`)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2: nothing was swapped
+        yield
+        return
+    swapped = type(model)
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.__class__ = next(cls for cls in swapped.__mro__ if not issubclass(cls, FSDPModule))
+    try:
+        yield
+    finally:
+        model.__class__ = swapped
 
 
 # ---- model, Hub folder -----------------------------------------------------------------------------------------------
@@ -535,13 +589,105 @@ def prepare_hub_folder(model: Video2LoRAModel, output_dir: str | os.PathLike, *,
     return output_dir
 
 
+def _hub_repo_id(training_args: TrainingArguments) -> str:
+    return training_args.hub_model_id or Path(training_args.output_dir).name
+
+
+def check_hub_access(training_args: TrainingArguments) -> str:
+    """
+    Whether this run's upload can succeed, checked before any model loads, with read-only calls: the Hub is reachable
+    and online, the token is valid (`whoami`), it may write (a `write` token, or a fine-grained one with
+    `repo.write` on the repo or its namespace), its user may write to the repo's namespace (their own, or an
+    organization where their role is not `read`), and the repo is found or will be created (`repo_info`).
+
+    Nothing is created: the repo is made by the upload at the end, as before.
+
+    Returns:
+        `str`: one line saying where the upload will go.
+
+    Raises:
+        [`TrainingSetupError`]: one line saying what is wrong and what to do.
+    """
+    import huggingface_hub
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    repo_id = _hub_repo_id(training_args)
+    endpoint = huggingface_hub.constants.ENDPOINT
+    prefix = f"--push_to_hub {repo_id}:"
+    offline = (f"{prefix} the Hub is offline (HF_HUB_OFFLINE=1), so the upload after training would fail; unset "
+               "HF_HUB_OFFLINE, or train without --push_to_hub and upload output_dir/hub later.")
+    if huggingface_hub.is_offline_mode():
+        raise TrainingSetupError(offline)
+    api = HfApi(endpoint=endpoint, token=training_args.hub_token)
+
+    def failure(error: Exception, what: str) -> TrainingSetupError:
+        if isinstance(error, OfflineModeIsEnabled):
+            return TrainingSetupError(offline)
+        if isinstance(error, HfHubHTTPError) and error.response is not None:
+            status = error.response.status_code
+            if status == 401:
+                return TrainingSetupError(f"{prefix} {endpoint} refused the token (401 Unauthorized): it is invalid "
+                                          "or expired; pass a valid --hub_token or run `hf auth login`.")
+            return TrainingSetupError(f"{prefix} {what} failed at {endpoint} (HTTP {status}).")
+        reason = " ".join(str(error).split())[:160] or type(error).__name__
+        return TrainingSetupError(f"{prefix} cannot reach the Hub at {endpoint} ({reason}); check the network or "
+                                  "HF_ENDPOINT, or train without --push_to_hub.")
+
+    try:
+        identity = api.whoami()
+    except LocalTokenNotFoundError:
+        raise TrainingSetupError(f"{prefix} no Hugging Face token; pass --hub_token, set HF_TOKEN or run "
+                                 "`hf auth login` with a token that can write.") from None
+    except Exception as error:  # the client raises its own, httpx's and OS errors for an unreachable Hub
+        raise failure(error, "whoami") from None
+    user = identity.get("name")
+    namespace = repo_id.split("/")[0] if "/" in repo_id else user
+    token = identity.get("auth", {}).get("accessToken", {})
+    role = token.get("role")
+    if role == "read":
+        raise TrainingSetupError(f"{prefix} the token is read-only; use a token with write access (--hub_token).")
+    if role == "fineGrained":
+        scoped = token.get("fineGrained", {}).get("scoped", [])
+        full_id = repo_id if "/" in repo_id else f"{user}/{repo_id}"
+        if not any(entry.get("entity", {}).get("name") in (namespace, full_id)
+                   and "repo.write" in entry.get("permissions", []) for entry in scoped):
+            raise TrainingSetupError(f"{prefix} the fine-grained token has no repo.write permission on {namespace} or "
+                                     f"{full_id}; add it or use another --hub_token.")
+    if namespace != user:
+        roles = {org.get("name"): org.get("roleInOrg") for org in identity.get("orgs", [])}
+        if namespace not in roles:
+            raise TrainingSetupError(f"{prefix} {user} is not a member of '{namespace}'; choose a --hub_model_id in "
+                                     f"your namespace ({user}/...) or an organization you belong to.")
+        if roles[namespace] == "read":
+            raise TrainingSetupError(f"{prefix} {user} has the read role in '{namespace}' and cannot write there.")
+    try:
+        api.repo_info(repo_id if "/" in repo_id else f"{user}/{repo_id}")
+        state = "exists"
+    except RepositoryNotFoundError:
+        state = "will be created"
+    except HfHubHTTPError as error:
+        if error.response is None or error.response.status_code != 404:
+            raise failure(error, "repo_info") from None
+        state = "will be created"
+    except Exception as error:
+        raise failure(error, "repo_info") from None
+    return (f"the Hub at {endpoint} accepts uploads from {user} ({role or 'unknown'} token); the repo {repo_id} "
+            f"{state}.")
+
+
 def push_hypernetwork_to_hub(model: Video2LoRAModel, training_args: TrainingArguments, *,
                              base_model_reference: str | None, dataset_names: Sequence[str] | None,
                              training_summary: str | None = None) -> str:
     """Prepare the Hub folder under `output_dir/hub` and upload it with `huggingface_hub.upload_folder`."""
     from huggingface_hub import HfApi
 
-    repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+    repo_id = _hub_repo_id(training_args)
     folder = Path(training_args.output_dir) / "hub"
     if folder.exists():
         shutil.rmtree(folder)
@@ -554,10 +700,438 @@ def push_hypernetwork_to_hub(model: Video2LoRAModel, training_args: TrainingArgu
     return repo_id
 
 
+# ---- dry run ---------------------------------------------------------------------------------------------------------
+
+# Hub ids of the published bases -> their architecture in `benchmarks/architectures.py` (used when the config is
+# neither a folder nor in the Hub cache: nothing is downloaded).
+KNOWN_BASES = {"huggingfacetb/smolvlm2-500m-video-instruct": "500m", "huggingfacetb/smolvlm2-2.2b-instruct": "2.2b",
+               "500m": "500m", "2.2b": "2.2b"}
+GIB = 1024**3
+
+
+def _dtype_bytes(dtype: str | torch.dtype | None) -> int:
+    return torch.empty((), dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype).element_size()
+
+
+def resolve_base(model_args: ModelArguments) -> tuple[Any, Video2LoRAConfig | None, Video2LoRAProcessor | None, str]:
+    """
+    The base's config without its weights: `(base config, the checkpoint's Video2LoRAConfig or None, the base's
+    processor or None, where the config came from)`. Read from `--init_from`'s config, the base's folder, the Hub
+    cache (`local_files_only`), or, for the published SmolVLM2 bases, `benchmarks/architectures.py`.
+    """
+    from transformers import AutoConfig
+
+    from families_video2lora import family_of
+    from modeling_video2lora import _try_load_processor
+
+    if model_args.init_from is not None:
+        config = Video2LoRAConfig.from_pretrained(model_args.init_from)
+        if config.base_config is None:
+            raise TrainingSetupError(f"--dry_run: {model_args.init_from} records no base config.")
+        processor = _try_load_processor(model_args.init_from, family_of(config.base_config), trust_remote_code=True)
+        return config.base_config, config, processor, f"{model_args.init_from}/config.json"
+    name = model_args.base_model_name_or_path
+    try:
+        base_config = AutoConfig.from_pretrained(name, revision=model_args.base_model_revision, local_files_only=True)
+    except (OSError, ValueError):
+        base_config = None
+    if base_config is not None:
+        processor = _try_load_processor(name, family_of(base_config), revision=model_args.base_model_revision)
+        return base_config, None, processor, "folder" if os.path.isdir(name) else "Hub cache"
+    known = KNOWN_BASES.get(name.lower())
+    if known is None:
+        raise TrainingSetupError(f"--dry_run: no config for '{name}': not a folder, not in the Hub cache, and not one "
+                                 f"of the SmolVLM2 bases this repository knows ({', '.join(sorted(KNOWN_BASES))}).")
+    try:
+        from benchmarks.architectures import benchmark_tokenizer, real_smolvlm_config
+    except ImportError:
+        raise TrainingSetupError("--dry_run of a known SmolVLM2 architecture needs benchmarks/architectures.py: run "
+                                 "it from the repository's root folder.") from None
+    return (real_smolvlm_config(known, benchmark_tokenizer()), None, None,
+            f"benchmarks/architectures.py ({known}, the published config.json)")
+
+
+def _stand_in_processor(base_config) -> Video2LoRAProcessor:
+    """A processor for a base whose own processor files are not here: SmolVLM's image processor at the tower's size
+    and a small stand-in tokenizer with SmolVLM2's special tokens (it spends more tokens on text than SmolVLM2's)."""
+    from benchmarks.architectures import benchmark_tokenizer
+    from video2lora.tiny import build_processor
+
+    return build_processor(benchmark_tokenizer(), base_config)
+
+
+def _reduced_base_config(base_config):
+    """The same architecture at the same widths, with 2 decoder layers, 1 vision layer and small frames (a few tokens
+    per frame): what one CPU step can afford, with the real per-token costs."""
+    reduced = copy.deepcopy(base_config)
+    text, vision = reduced.text_config, reduced.vision_config
+    text.num_hidden_layers = min(text.num_hidden_layers, 2)
+    vision.num_hidden_layers = min(vision.num_hidden_layers, 1)
+    step = vision.patch_size * reduced.scale_factor  # the connector needs whole groups of patches
+    vision.image_size = min(vision.image_size, 2 * step)
+    return reduced
+
+
+class SavedTensorBytes:
+    """
+    Bytes of the tensors autograd saves for the backward pass during a `Video2LoRAModel.forward`, by phase:
+    `context` (the perceiver over every layer's states), `decode` (latents to LoRA), `student` (the base's decoder
+    layers over the question rows), `student_other` (embeddings, final norm and head of the student pass), `loss`.
+    Each storage counts once; weights, and the low-precision copies autocast makes of them, are not activations and
+    are not counted.
+    """
+
+    def __init__(self, model: Video2LoRAModel):
+        self.model = model
+        self.bytes: collections.Counter[str] = collections.Counter()
+        self.phase = "context"
+        self._seen = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self._handles: list = []
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    def _set(self, phase: str, when: tuple[str, ...] | None = None):
+        def hook(*_):
+            if when is None or self.phase in when:
+                self.phase = phase
+        return hook
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        grad_fn = tensor.grad_fn
+        if grad_fn is not None and grad_fn.name() == "ToCopyBackward0" and any(
+                type(fn).__name__ == "AccumulateGrad" for fn, _ in grad_fn.next_functions if fn is not None):
+            return tensor  # a weight cast by autocast
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() and storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.bytes[self.phase] += storage.nbytes()
+        return tensor
+
+    def __enter__(self) -> SavedTensorBytes:
+        model = self.model
+        self._handles = [
+            model.hypernetwork.decoder.register_forward_pre_hook(self._set("decode", ("context",))),
+            model.vlm.register_forward_pre_hook(self._set("student_other")),
+            model.vlm.register_forward_hook(self._set("loss")),
+        ]
+        for layer in model._decoder_layers():
+            self._handles.append(layer.register_forward_pre_hook(self._set("student", ("student_other",))))
+            self._handles.append(layer.register_forward_hook(self._set("student_other", ("student",))))
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+        for handle in self._handles:
+            handle.remove()
+
+
+def _dry_run_features(frame_size: int, num_frames: int, num_questions: int, answer_words: int, seed: int = 0
+                      ) -> list[dict]:
+    """One video of random (never all-black) frames and `num_questions` rows with answers of `answer_words` words."""
+    frames = np.random.default_rng(seed).integers(1, 256, (num_frames, frame_size, frame_size, 3), dtype=np.uint8)
+    answer = " ".join(["the red circle moves left"] * answer_words).split()[:answer_words]
+    return [{"frames": frames, "timestamps": [float(i) for i in range(num_frames)], "duration": float(num_frames),
+             "questions": [{"prompt": f"What happens in the video? ({i})", "target": " ".join(answer),
+                            "teacher": None, "weight": None} for i in range(num_questions)]}]
+
+
+def measure_activation_costs(model: Video2LoRAModel, collator: Video2LoRACollator, *, num_frames: int,
+                             autocast: bool) -> dict[str, float]:
+    """
+    Bytes autograd keeps per unit of work, measured on `model` (random weights, CPU) from four forwards that differ
+    in one thing at a time (frames, then answer length, then the number of videos), so every fixed cost cancels:
+
+    - `context`: per (decoder layer, context token), the perceiver reading the base's states;
+    - `context_video`: per (decoder layer, video) on top of that (e.g. broadcast copies of projection weights);
+    - `decode`: per (decoder layer, video), turning the latents into the LoRA;
+    - `student`: per (decoder layer, student token), the base's layers with the LoRA;
+    - `student_row`: per (decoder layer, question row) on top of that (the row's LoRA factors in the base's dtype);
+    - `student_other`: per student token outside the layers; `loss`: per answer token.
+    """
+    num_layers = len(model._decoder_layers())
+    frame_size = collator.processor.frame_size
+    short = max(1, num_frames // 2)
+    runs = []
+    for videos, frames, words in ((1, short, 4), (1, max(short + 1, num_frames), 4),
+                                  (1, max(short + 1, num_frames), 16), (2, max(short + 1, num_frames), 16)):
+        batch = collator([feature for seed in range(videos)
+                          for feature in _dry_run_features(frame_size, frames, 2, words, seed=seed)])
+        precision = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with precision, SavedTensorBytes(model) as saved:
+            model(**batch)
+        counts = {"context": batch["context_attention_mask"].numel(), "student": batch["input_ids"].numel(),
+                  "answer": int((batch["labels"][:, 1:] != -100).sum()), "video": videos,
+                  "row": batch["input_ids"].shape[0]}
+        runs.append((saved.bytes, counts))
+    (a, na), (b, nb), (c, nc), (d, nd) = runs
+    costs = {"context": (b["context"] - a["context"]) / (num_layers * (nb["context"] - na["context"])),
+             "student": (c["student"] - b["student"]) / (num_layers * (nc["student"] - nb["student"])),
+             "student_other": (c["student_other"] - b["student_other"]) / (nc["student"] - nb["student"]),
+             "loss": (c["loss"] - b["loss"]) / max(1, nc["answer"] - nb["answer"]),
+             "decode": (d["decode"] - c["decode"]) / num_layers}
+    costs["context_video"] = (d["context"] - c["context"] - costs["context"] * num_layers
+                              * (nd["context"] - nc["context"])) / num_layers
+    costs["student_row"] = (d["student"] - c["student"] - costs["student"] * num_layers
+                            * (nd["student"] - nc["student"])) / (num_layers * (nd["row"] - nc["row"]))
+    return {name: max(0.0, value) for name, value in costs.items()}
+
+
+@dataclass
+class MemoryEstimate:
+    """Peak memory per device of one training step, in bytes, by term (see `estimate_peak_memory`)."""
+
+    terms: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        return sum(self.terms.values())
+
+
+def estimate_peak_memory(*, strategy: str, num_devices: int, checkpointing: bool, base_parameters: int,
+                         hypernetwork_parameters: int, largest_unit_parameters: int, lora_row_parameters: int,
+                         base_bytes: int, bf16: bool, costs: dict[str, float], num_layers: int, hidden_size: int,
+                         vocab_size: int, videos: int, questions: int, context_tokens: int, text_tokens: int,
+                         answer_tokens: int, num_frames: int, frame_size: int) -> MemoryEstimate:
+    """
+    The estimate `--dry_run` prints, per device, for `videos` videos x `questions` questions per device (R = videos x
+    questions student rows), L decoder layers of width h, vocabulary V, T context tokens per video, S tokens per
+    student row and A answer tokens per row; P_b base and P_h hypernetwork parameters:
+
+    - base weights: `P_b x base_bytes` (frozen; replicated by DDP and by `configs/accelerate_fsdp.yaml`);
+    - hypernetwork, DDP: fp32 weights, gradients, DDP's gradient buckets and Adam's two moments,
+      `(4 + 4 + 4 + 8) x P_h`, plus `2 x P_h` for the bf16 copies autocast makes;
+      FSDP over N devices: `16 x P_h / N` sharded, plus the gathered compute copy of every unit (`2 x P_h` in bf16:
+      the config keeps units gathered between forward and backward) and the largest unit's unsharded gradient;
+    - frames, as fp32 and in the base's dtype: `videos x F x 3 x size^2 x (4 + base_bytes)`;
+    - activations the backward pass needs, from per-unit costs *measured* by [`measure_activation_costs`] at the
+      real widths: `L x videos x (c_context x T + c_context_video + c_decode) + L x R x (c_student x S + c_row) +
+      c_other x R x S + c_loss x R x A`. With activation checkpointing the layers keep only their inputs,
+      `L x (videos x T + R x S) x h x base_bytes`, and each row's fp32 LoRA factors for the recomputation
+      (`4 x R x L x r_eff x (in + out)`), plus one layer's costs while it is recomputed;
+    - logits and their gradient, alive together when the backward pass starts: `2 x R x S x V x 2` (bf16; 4 in fp32).
+
+    Not included: the CUDA context and kernels' workspace (about 0.5-1 GiB), allocator fragmentation, the base's
+    transient working set during its no-grad pass over the context, and dataloader prefetching.
+    """
+    rows, activation_bytes = videos * questions, 2 if bf16 else 4
+    if strategy == "ddp":
+        hypernetwork = {"hypernetwork fp32 weights + grads + DDP buckets": 12 * hypernetwork_parameters,
+                        "Adam moments (fp32)": 8 * hypernetwork_parameters}
+        if bf16:
+            hypernetwork["bf16 copies of the hypernetwork (autocast)"] = 2 * hypernetwork_parameters
+    else:
+        hypernetwork = {"hypernetwork fp32 weights + grads (sharded)": 8 * hypernetwork_parameters / num_devices,
+                        "Adam moments (fp32, sharded)": 8 * hypernetwork_parameters / num_devices,
+                        "gathered hypernetwork for compute": activation_bytes * hypernetwork_parameters,
+                        "largest unit's unsharded gradient": activation_bytes * largest_unit_parameters}
+    context = costs["context"] * context_tokens + costs["context_video"]
+    student = costs["student"] * text_tokens + costs["student_row"]
+    if checkpointing:
+        layers = {
+            "checkpointed layer inputs": num_layers * (videos * context_tokens + rows * text_tokens) * hidden_size
+            * base_bytes,
+            "LoRA factors kept for the recomputation": 4 * rows * lora_row_parameters,
+            "one layer recomputed": videos * context + rows * student,
+        }
+    else:
+        layers = {"context encoding (perceiver, every layer)": num_layers * videos * context,
+                  "student pass (base layers with the LoRA)": num_layers * rows * student}
+    terms = {
+        "base weights (frozen)": base_parameters * base_bytes, **hypernetwork,
+        "frames (fp32 + base dtype)": videos * num_frames * 3 * frame_size**2 * (4 + base_bytes),
+        **layers,
+        "LoRA decode": costs["decode"] * num_layers * videos,
+        "student pass outside the layers": costs["student_other"] * rows * text_tokens,
+        "loss (log-probs of the answer tokens)": costs["loss"] * rows * answer_tokens,
+        "logits and their gradient": 2 * rows * text_tokens * vocab_size * activation_bytes,
+    }
+    return MemoryEstimate(terms)
+
+
+def _largest_fsdp_unit(model: Video2LoRAModel) -> int:
+    """Parameters of the largest module `configs/accelerate_fsdp.yaml` wraps (a perceiver block or a LoRA head)."""
+    from perceiver_video2lora import LoraHead, PerceiverBlock
+
+    sizes = [sum(p.numel() for p in module.parameters()) for module in model.hypernetwork.modules()
+             if isinstance(module, (PerceiverBlock, LoraHead))]
+    return max(sizes, default=0)
+
+
+def run_one_step(model: Video2LoRAModel, collator: Video2LoRACollator, training_args: TrainingArguments, *,
+                 num_frames: int, questions: int) -> dict[str, float]:
+    """One optimizer step of `Video2LoRATrainer` on CPU (the recipe's optimizer, schedule without warm-up,
+    precision, clipping and checkpointing) over one video with `questions` rows."""
+    import tempfile
+
+    copied = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+              "lr_scheduler_type", "optim", "bf16", "seed", "activation_checkpointing",
+              "activation_checkpointing_kwargs", "average_tokens_across_devices")
+    with tempfile.TemporaryDirectory(prefix="video2lora-dry-run-") as output_dir:
+        args = TrainingArguments(
+            output_dir=output_dir, use_cpu=True, max_steps=1, per_device_train_batch_size=1,
+            gradient_accumulation_steps=1, warmup_steps=0, save_strategy="no", eval_strategy="no", logging_steps=1,
+            report_to="none", disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
+            dataloader_pin_memory=False, **{name: getattr(training_args, name) for name in copied})
+        dataset = _dry_run_features(collator.processor.frame_size, num_frames, questions, 12)
+        trainer = Video2LoRATrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+        result = trainer.train()
+    grad_norm = next((entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry), math.nan)
+    return {"loss": float(result.training_loss), "grad_norm": float(grad_norm)}
+
+
+def dry_run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
+            file=None) -> dict[str, Any]:
+    """
+    `--dry_run`: sizes, optimizer state and the peak-memory estimate of the full-size model (built on the meta
+    device), then one real training step at reduced size on CPU. Prints a report and returns its numbers.
+    """
+    from video2lora.tiny import build_processor
+
+    file = file or sys.stdout
+
+    def say(text: str = "") -> None:
+        print(text, file=file, flush=True)
+
+    base_config, checkpoint_config, processor, source = resolve_base(model_args)
+    if checkpoint_config is not None:
+        settings = {k: v for k, v in checkpoint_config.to_dict().items() if k in HYPERNETWORK_FIELDS}
+    else:
+        settings = model_args.hypernetwork_overrides()
+    with torch.device("meta"):
+        full = Video2LoRAModel(Video2LoRAConfig(base_config=copy.deepcopy(base_config), **settings))
+    base_parameters = sum(p.numel() for p in full.vlm.parameters())
+    hypernetwork_parameters = sum(p.numel() for p in full.hypernetwork.parameters())
+    largest_unit = _largest_fsdp_unit(full)
+    text = base_config.text_config
+    base_dtype = model_args.base_dtype
+    if base_dtype == "auto":  # what `from_pretrained(dtype="auto")` would load: the config's dtype (SmolVLM2: bf16)
+        base_dtype = str(getattr(base_config, "dtype", None) or "bfloat16").removeprefix("torch.")
+    base_bytes = _dtype_bytes(base_dtype)
+
+    stand_in = processor is None
+    processor = processor or _stand_in_processor(base_config)
+    num_frames = data_args.num_frames or processor.video_sampling["max_frames"]
+    frame_size = processor.frame_size
+    context = processor.encode_videos(
+        [np.full((num_frames, frame_size, frame_size, 3), 128, dtype=np.uint8)], full.config.instruction,
+        timestamps=[[float(i) for i in range(num_frames)]], durations=[float(num_frames)])
+    context_tokens = int(context["input_ids"].shape[1])
+    videos, questions = training_args.per_device_train_batch_size, data_args.questions_per_video
+    text_tokens, answer_tokens = model_args.dry_run_text_tokens, model_args.dry_run_answer_tokens
+    bf16 = bool(training_args.bf16)
+
+    say(f"train_hf.py --dry_run: base {model_args.base_model_name_or_path or model_args.init_from} "
+        f"(config from {source})")
+    say(f"  base: {text.num_hidden_layers} decoder layers, hidden {text.hidden_size}, intermediate "
+        f"{text.intermediate_size}, vocabulary {text.vocab_size}; frames {frame_size}x{frame_size} px, "
+        f"{processor.image_seq_len} tokens each; {num_frames} frames -> {context_tokens} context tokens per video"
+        + (" (text counted with a stand-in tokenizer)" if stand_in else ""))
+    say(f"  parameters: {(base_parameters + hypernetwork_parameters) / 1e6:,.1f}M total, "
+        f"{hypernetwork_parameters / 1e6:,.1f}M trainable (the hypernetwork), {base_parameters / 1e6:,.1f}M frozen "
+        f"(the base, {base_dtype})")
+    say(f"  optimizer state (AdamW, fp32): {8 * hypernetwork_parameters / GIB:.2f} GiB (two moments) + "
+        f"{4 * hypernetwork_parameters / GIB:.2f} GiB fp32 master weights; "
+        f"/{model_args.dry_run_num_devices} per device with FSDP")
+
+    # The same architecture at the same widths, reduced in depth and resolution, with random weights on CPU.
+    reduced_config = _reduced_base_config(base_config)
+    tokenizer = processor.tokenizer
+    step_processor = build_processor(tokenizer, reduced_config, video_sampling={"fps": None,
+                                                                                "max_frames": num_frames})
+    torch.manual_seed(training_args.seed)
+    reduced = Video2LoRAModel(Video2LoRAConfig(base_config=reduced_config, **settings), processor=step_processor)
+    reduced.vlm.to(getattr(torch, base_dtype))
+    collator = Video2LoRACollator(step_processor, reduced.config.instruction)
+    reduced.train()
+    costs = measure_activation_costs(reduced, collator, num_frames=num_frames, autocast=bf16)
+    reduced.zero_grad(set_to_none=True)
+
+    estimates = {}
+    lora_row_parameters = text.num_hidden_layers * full.config.effective_rank * sum(
+        inputs + outputs for inputs, outputs in full.config.target_module_dims().values())
+    shape = dict(base_parameters=base_parameters, hypernetwork_parameters=hypernetwork_parameters,
+                 largest_unit_parameters=largest_unit, lora_row_parameters=lora_row_parameters,
+                 base_bytes=base_bytes, bf16=bf16, costs=costs,
+                 num_layers=text.num_hidden_layers, hidden_size=text.hidden_size, vocab_size=text.vocab_size,
+                 videos=videos, questions=questions, context_tokens=context_tokens, text_tokens=text_tokens,
+                 answer_tokens=answer_tokens, num_frames=num_frames, frame_size=frame_size)
+    devices = model_args.dry_run_num_devices
+    for strategy in ("ddp", "fsdp"):
+        for checkpointing in (False, True):
+            estimates[(strategy, checkpointing)] = estimate_peak_memory(
+                strategy=strategy, num_devices=devices, checkpointing=checkpointing, **shape)
+    say(f"  activation costs measured at the real widths ({'bf16 autocast' if bf16 else 'fp32'}, CPU kernels), per "
+        f"decoder layer: {costs['context'] / 1024:.1f} KiB per context token + {costs['context_video'] / 2**20:.1f} "
+        f"MiB per video, {costs['student'] / 1024:.1f} KiB per student token + {costs['student_row'] / 2**20:.2f} MiB "
+        f"per question row; {costs['loss'] / 1024:.1f} KiB per answer token")
+    say(f"  peak GPU memory per device, estimated for {videos} video(s) x {questions} question(s) per device, "
+        f"{num_frames} frames, {text_tokens} tokens per question row ({answer_tokens} answer), "
+        f"{'bf16' if bf16 else 'fp32'}:")
+    say(f"    {'':28}{'no checkpointing':>18}{'--gradient_checkpointing':>26}")
+    for strategy, label in (("ddp", "DDP (any N)"), ("fsdp", f"FSDP over N={devices}")):
+        plain, checkpointed = estimates[(strategy, False)], estimates[(strategy, True)]
+        say(f"    {label:28}{plain.total / GIB:>14.1f} GiB{checkpointed.total / GIB:>22.1f} GiB")
+    say("    terms (DDP, no checkpointing): " + "; ".join(
+        f"{name} {value / GIB:.2f}" for name, value in estimates[("ddp", False)].terms.items()) + " (GiB)")
+
+    step = run_one_step(reduced, collator, training_args, num_frames=num_frames, questions=min(questions, 2))
+    reduced_text = reduced_config.text_config
+    say(f"  one real training step on CPU, random weights, {reduced_text.num_hidden_layers} decoder layers and "
+        f"{reduced_config.vision_config.num_hidden_layers} vision layer(s) at the real widths, "
+        f"{step_processor.frame_size} px frames ({step_processor.image_seq_len} tokens each), {num_frames} frames, "
+        f"{min(questions, 2)} question(s): loss {step['loss']:.4f}, grad norm {step['grad_norm']:.4g}")
+    if not math.isfinite(step["loss"]):
+        raise TrainingSetupError(f"--dry_run: the training step's loss is {step['loss']}.")
+    return {
+        "base_parameters": base_parameters, "hypernetwork_parameters": hypernetwork_parameters,
+        "largest_unit_parameters": largest_unit, "optimizer_state_bytes": 8 * hypernetwork_parameters,
+        "context_tokens": context_tokens,
+        "costs": costs, "estimates": {f"{s}{'+checkpointing' if c else ''}": e.total
+                                      for (s, c), e in estimates.items()},
+        "step": step,
+    }
+
+
 # ---- entry point -----------------------------------------------------------------------------------------------------
 
 
+RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def read_recipe(path: str | os.PathLike, parser: HfArgumentParser) -> dict[str, Any]:
+    """
+    A recipe file (`configs/recipes/*.yaml`, or JSON): a mapping of this script's flags to values, e.g.
+    `learning_rate: 1.0e-4`. Unknown names are an error, so a typo cannot silently fall back to a default.
+    """
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        recipe = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except OSError as error:
+        raise TrainingSetupError(f"Cannot read the recipe '{path}': {error.strerror or error}.") from None
+    except (ValueError, yaml.YAMLError) as error:
+        kind = "JSON" if str(path).endswith(".json") else "YAML"
+        raise TrainingSetupError(f"The recipe '{path}' is not valid {kind}: {' '.join(str(error).split())[:200]}"
+                                 ) from None
+    if recipe is None:
+        return {}
+    if not isinstance(recipe, dict):
+        raise TrainingSetupError(f"The recipe '{path}' must be a mapping of flag names to values.")
+    known = {f.name for dataclass_type in parser.dataclass_types for f in dataclasses.fields(dataclass_type)}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise TrainingSetupError(f"The recipe '{path}' sets unknown flags: {', '.join(unknown)}.")
+    return recipe
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """
+    The command line, in three dataclasses. The first argument may be a recipe file (`.yaml`, `.yml` or `.json`, see
+    [`read_recipe`]): its values replace the defaults and the flags after it override them, e.g.
+    `train_hf.py configs/recipes/smolvlm2_500m.yaml --train_manifest m.jsonl --output_dir runs/x`. Defaults are
+    `TRAINING_DEFAULTS` (the published optimizer settings) over `TrainingArguments`'.
+    """
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     parser.set_defaults(**TRAINING_DEFAULTS)
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -565,15 +1139,21 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ModelArguments, DataA
         # otherwise every process would train alone on all the data.
         parser.set_defaults(use_cpu=True)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        path = os.path.abspath(argv[0])
-        if argv[0].endswith(".json"):
-            return parser.parse_json_file(path)
-        return parser.parse_yaml_file(path)
-    return parser.parse_args_into_dataclasses(args=argv)
+    if argv and not argv[0].startswith("-") and argv[0].endswith(RECIPE_SUFFIXES):
+        parser.set_defaults(**read_recipe(argv[0], parser))
+        argv = argv[1:]
+    if not torch.cuda.is_available() and any(arg.split("=")[0] == "--dry_run" for arg in argv):
+        # The dry run's one real step runs on CPU, a GPU recipe's bf16 included.
+        parser.set_defaults(use_cpu=True)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except TrainingSetupError:
+        raise
+    except ValueError as error:  # TrainingArguments' own checks: one line too
+        raise TrainingSetupError(" ".join(str(error).split())) from None
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model_args, data_args, training_args = parse_args(argv)
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
@@ -589,6 +1169,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                    f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value}, "
                    f"bf16: {training_args.bf16}")
     logger.info(f"Training parameters {training_args}")
+
+    if model_args.dry_run:  # no data, no output folder, no Hub: see `dry_run`
+        return dry_run(model_args, data_args, training_args)
 
     # Our own upload (prepare_hub_folder) replaces Trainer's, which would push checkpoints with a generic card.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
@@ -609,6 +1192,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             raise TrainingSetupError(f"--resume_from_checkpoint last: no checkpoint-N folder in {training_args.output_dir}.")
     elif checkpoint is not None and not os.path.isdir(checkpoint):
         raise TrainingSetupError(f"--resume_from_checkpoint {checkpoint}: no such checkpoint folder.")
+    if push_to_hub and training_args.process_index == 0:
+        # Before hours of training, not after: the main process uploads, so it checks (if it fails, the launcher
+        # stops the others).
+        logger.warning(f"train_hf.py: {check_hub_access(training_args)}")
     set_seed(training_args.seed)
 
     model = build_model(model_args, data_args)
