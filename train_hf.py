@@ -43,6 +43,7 @@ import datasets
 import numpy as np
 import torch
 import transformers
+from tqdm.auto import tqdm
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
@@ -53,7 +54,7 @@ from processing_video2lora import Video2LoRAProcessor
 from video2lora.cards import render_card
 from video2lora.checks import UsageError, check_writable_folder
 from video2lora.data import ManifestError, question_type, read_manifest
-from video2lora.video import VideoDecodeError, sample_video
+from video2lora.video import VideoDecodeError, sample_video, video_duration
 
 logger = hf_logging.get_logger(__name__)
 
@@ -164,6 +165,10 @@ class DataArguments:
                 "that many times (matched against `metadata.question_type`, else `task_type`); other rows weigh 1. "
                 "Rare, hard types (order questions are 3.6%% of a plain world sample's rows) otherwise get little of the "
                 "gradient."})
+    decode_in_workers: bool = field(default=False, metadata={
+        "help": "Decode each example's video when the DataLoader asks for it (in --dataloader_num_workers processes on "
+                "every rank) instead of once into a cached table: no disk for frames, no process waiting on another, "
+                "for corpora too large to cache. Videos are checked (demuxed, not decoded) up front."})
     frame_cache_dir: str | None = field(default=None, metadata={
         "help": "Where decoded frames are cached (default: the datasets cache). Shared by reruns and processes."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes decoding videos."})
@@ -256,6 +261,38 @@ def decode_videos(keys: list[tuple[str, tuple[float, float] | None]], *, samplin
                      cache_file_name=_frame_cache_file(keys, sampling, cache_dir))
 
 
+class LiveFrames:
+    """
+    The frame table's interface (`frames[i]` is a record like `decode_videos`'s rows), decoding video `i` when it is
+    asked for: the DataLoader's workers decode while the model trains, on every rank, with nothing cached.
+
+    Args:
+        keys: `(absolute video path, span or None)` per video.
+        sampling: keyword arguments of `sample_video`.
+    """
+
+    def __init__(self, keys: list[tuple[str, tuple[float, float] | None]], sampling: dict[str, Any]):
+        self.keys, self.sampling = keys, sampling
+
+    def check(self) -> list[str | None]:
+        """Per video, why it cannot be read (from its container, without decoding), or `None`."""
+        problems = []
+        for path, _ in tqdm(self.keys, desc="checking videos", unit="video", disable=len(self.keys) < 100):
+            try:
+                video_duration(path)
+            except (VideoDecodeError, OSError) as error:
+                problems.append(str(error))
+            else:
+                problems.append(None)
+        return problems
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, span = self.keys[index]
+        video = sample_video(path, start=span[0] if span else None, end=span[1] if span else None, **self.sampling)
+        return {"frames": video.frames.tobytes(), "shape": list(video.frames.shape),
+                "timestamps": [float(t) for t in video.timestamps], "duration": float(video.duration)}
+
+
 class VideoQuestionDataset(torch.utils.data.Dataset):
     """
     One example per (video, group of up to `questions_per_video` of its rows); frames come from the decoded table.
@@ -311,14 +348,19 @@ def build_dataset(manifest: str, data_args: DataArguments, *, sampling: dict[str
     keys = list(dict.fromkeys(_video_key(row) for row in report.rows))
     if max_videos is not None:
         keys = keys[:max_videos]
-    # The main process decodes and writes the cache; the others then read the same cache file.
-    with training_args.main_process_first(desc=f"decoding the videos of {manifest}"):
-        frames = decode_videos(keys, sampling=sampling, cache_dir=data_args.frame_cache_dir, num_proc=data_args.preprocessing_num_workers,
-                               desc=f"decoding {Path(manifest).name}")
-    errors = [(key, error) for key, error in zip(keys, frames["error"], strict=True) if error]
+    if data_args.decode_in_workers:
+        frames = LiveFrames(keys, sampling)
+        problems = frames.check()
+    else:
+        # The main process decodes and writes the cache; the others then read the same cache file.
+        with training_args.main_process_first(desc=f"decoding the videos of {manifest}"):
+            frames = decode_videos(keys, sampling=sampling, cache_dir=data_args.frame_cache_dir,
+                                   num_proc=data_args.preprocessing_num_workers, desc=f"decoding {Path(manifest).name}")
+        problems = frames["error"]
+    errors = [(key, error) for key, error in zip(keys, problems, strict=True) if error]
     for (path, _), error in errors:
         logger.warning(f"{manifest}: skipping every row of video {path}: {error}")
-    good = {key for key, error in zip(keys, frames["error"], strict=True) if not error}
+    good = {key for key, error in zip(keys, problems, strict=True) if not error}
     rows = [row for row in report.rows if _video_key(row) in good]
     if not rows:
         raise TrainingSetupError(f"{manifest}: none of its {len(keys)} videos could be decoded; see the warnings above.")

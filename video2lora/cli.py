@@ -5,6 +5,7 @@
     video2lora ask clip-adapter/ "what shape is the red object?" --compare
     video2lora demo                                           # a generated world clip, end to end
     video2lora store list                                     # adapters `ask VIDEO` stored for reuse
+    video2lora serve a.mp4 b.mp4                              # vLLM's OpenAI API, one adapter (model) per video
     video2lora eval --manifest data/world/test.jsonl          # Base vs V2L vs Blind (docs/design.md §6)
 
 `--model` takes a Hub id or a local folder and defaults to the embedded checkpoint (`video2lora/checkpoints/video2lora-world`).
@@ -176,6 +177,30 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("action", choices=("list", "clear"), help="list the stored adapters, or delete them all")
     store.add_argument("--store", default=None, metavar="DIR",
                        help="the store (default: $VIDEO2LORA_STORE, else the Hugging Face cache's video2lora/adapters)")
+
+    serve = commands.add_parser("serve", help="internalize videos and serve their adapters with vLLM's OpenAI API",
+                                description="Internalize each video into the adapter store, start vLLM's "
+                                            "OpenAI-compatible server on 127.0.0.1 for the model's frozen base, "
+                                            "register each adapter under its own model name (and `blind`, for "
+                                            "questions without a video), and serve until Ctrl-C. See docs/serving.md.")
+    serve.add_argument("videos", metavar="VIDEO", nargs="+", help="video files to serve, one adapter each")
+    serve.add_argument("--store", default=None, metavar="DIR",
+                       help="adapter store to reuse and fill (default: $VIDEO2LORA_STORE, else the Hugging Face cache's "
+                            "video2lora/adapters)")
+    serve.add_argument("--port", type=_port, default=8000, help="port on 127.0.0.1 (default: 8000; 0: any free port)")
+    serve.add_argument("--vllm_env", default=None, metavar="DIR",
+                       help="virtual environment holding vLLM (default: $VIDEO2LORA_VLLM_ENV, else .venv-vllm/ in the "
+                            "repository, which `python scripts/vllm_check.py` builds)")
+    serve.add_argument("--max_loras", type=positive_int, default=None,
+                       help="adapters one batch may mix, vLLM's --max-loras (default: every adapter served, at most 16)")
+    serve.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+                       help="dtype vLLM runs the base in (default: the base's, as the project runs it)")
+    serve.add_argument("--attach", default=None, metavar="URL",
+                       help="add the videos to a server `video2lora serve` already runs (http://127.0.0.1:PORT), "
+                            "then exit")
+    serve.add_argument("--startup_timeout", type=_positive_float, default=900, help="seconds vLLM may take to start")
+    _add_model_arguments(serve)
+    _add_frame_arguments(serve)
 
     evaluate = commands.add_parser("eval", help="Base vs V2L vs Blind over a manifest (docs/design.md §6)",
                                    description="Answer every manifest row with Base (video in context), V2L (adapter "
@@ -513,6 +538,175 @@ def _cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- serve ----------------------------------------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return value
+
+
+def _attached_port(url: str) -> int:
+    """The port of a server URL; only 127.0.0.1 (or localhost) is accepted: adapters are read from this machine."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if host not in ("127.0.0.1", "localhost") or port is None:
+        raise UsageError(f"--attach '{url}': expected http://127.0.0.1:PORT, the server `video2lora serve` started "
+                         "on this machine")
+    return port
+
+
+def _serve_example(port: int, name: str, prompt: str, max_tokens: int, stop_token_ids: list[int]) -> str:
+    """A `curl` command that asks the server one question with the adapter `name`, ready to paste."""
+    import shlex
+
+    from .serving import local_url
+
+    body = {"model": name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "stop_token_ids": stop_token_ids}
+    return (f"curl -s {local_url(port, '/v1/completions')} -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(json.dumps(body))}")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import shutil
+    import signal
+
+    from . import serving
+    from .world import CAPTION_PROMPT
+
+    # Everything the user passed is checked before the model loads or vLLM starts.
+    for video in args.videos:
+        check_video_file(video)
+    store = AdapterStore(args.store)
+    check_writable_folder(store.root, "--store")
+    if args.attach is not None:
+        port = _attached_port(args.attach)
+        try:
+            serving.served_models(port, timeout=10)
+        except (OSError, RuntimeError, ValueError) as error:
+            raise UsageError(f"--attach '{args.attach}': no vLLM server answers there ({error})") from None
+    else:
+        if args.port and not serving.port_is_free(args.port):
+            raise UsageError(f"--port {args.port}: 127.0.0.1:{args.port} is in use; choose another port, or --port 0 "
+                             "for any free one")
+        try:
+            python, versions = serving.find_vllm(args.vllm_env)
+        except serving.VLLMEnvironmentError as error:
+            raise UsageError(str(error)) from None
+        port = args.port or serving.free_port()
+
+    model = _load_model(args.model)
+    reference = _model_reference(args.model)
+    identity = store.model_identity(model, reference)  # what store.internalize keys on, computed once for the names
+    sampling = model.processor.sampling_kwargs(args.num_frames)
+    served: dict[str, str] = {}  # model name -> video
+    folders: dict[str, Path] = {}
+    for video in args.videos:
+        started = time.perf_counter()
+        try:
+            adapter, stored = store.internalize(
+                model, video, reference=reference, start=args.start, end=args.end, num_frames=args.num_frames,
+                segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank,
+                extra_files=lambda made, frames, video=video: _adapter_files(args, video, model, made, frames,
+                                                                              "adapter"))
+        except ValueError as error:  # a span or frame count the video cannot meet
+            if isinstance(error, VideoDecodeError):
+                raise
+            raise UsageError(str(error)) from None
+        key = store.key(sha256_file(video), identity, sampling, start=args.start, end=args.end,
+                        segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank)
+        if not (store.path(key) / "adapter_config.json").is_file():
+            raise UsageError(f"the adapter of '{video}' is not in the store at {store.path(key)} (evicted at once? "
+                             "raise the store's size bound)")
+        name = serving.adapter_name(video, key)
+        served.setdefault(name, video)  # the same content twice is one adapter
+        folders[name] = store.path(key)
+        print(f"{'read from the store' if stored else 'internalized'} '{video}' in {time.perf_counter() - started:.2f} "
+              f"s (rank {adapter.rank}) -> {store.path(key)}", file=sys.stderr)
+    try:
+        max_lora_rank = serving.max_lora_rank_for(max(serving.adapter_rank(folder) for folder in folders.values()))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+    tokenizer = model.processor.tokenizer
+    stop = tokenizer.convert_tokens_to_ids(serving.STOP_TOKEN)
+    stop_token_ids = [stop if stop is not None and stop != tokenizer.unk_token_id else tokenizer.eos_token_id]
+    prompt = serving.text_prompt(model.processor, CAPTION_PROMPT)[0]
+
+    def announce(names: Sequence[str]) -> None:
+        for name in names:
+            what = f"'{served[name]}'" if name in served else "no video (the base alone)"
+            print(f"ready: {what} as model '{name}': "
+                  f"{_serve_example(port, name, prompt, args.max_new_tokens, stop_token_ids)}")
+
+    if args.attach is not None:
+        for name, folder in folders.items():
+            try:
+                serving.load_adapter(port, name, folder)
+            except RuntimeError as error:
+                raise UsageError(f"--attach: {error}") from None
+        announce(list(folders))
+        return 0
+
+    dtype = str(model.vlm.dtype).removeprefix("torch.") if args.dtype == "auto" else args.dtype
+    max_loras = args.max_loras or min(len(folders) + 1, 16)
+    flags = serving.server_flags(max_loras=max_loras, max_lora_rank=max_lora_rank, dtype=dtype,
+                                 enforce_eager=versions["torch"].endswith("+cpu"))  # graph capture: GPUs only
+    base = model.base_model_reference
+    scratch = Path(tempfile.mkdtemp(prefix="video2lora-serve-"))
+    server = serving.VLLMServer(python, base, flags=flags, served_name=os.path.basename(os.path.normpath(base)),
+                                log_path=scratch / "vllm-server.log", port=port,
+                                startup_timeout=args.startup_timeout)
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stops the server on the way out
+    try:
+        print(f"starting vLLM {versions['vllm']} on 127.0.0.1:{port} for base {base} (log: {server.log_path})",
+              file=sys.stderr)
+        try:
+            server.start()
+        except (RuntimeError, TimeoutError) as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            return 1
+        try:
+            for name, folder in folders.items():
+                server.load_adapter(name, folder)
+            server.load_adapter(serving.BLIND_ADAPTER_NAME,
+                                serving.write_zero_adapter(next(iter(folders.values())), scratch / "blind"))
+        except RuntimeError as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            return 1
+        announce([*folders, serving.BLIND_ADAPTER_NAME])
+        print(f"serving {len(folders)} videos at {server.url} (vLLM pid {server.pid}, base '{server.served_name}', "
+              f"--max-lora-rank {max_lora_rank} --max-loras {max_loras} --dtype {dtype}); Ctrl-C stops it", flush=True)
+        try:
+            while server.running():
+                time.sleep(1)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+            server.stop()
+            print(f"{PROG}: interrupted; the vLLM server on 127.0.0.1:{port} is stopped", file=sys.stderr)
+            return INTERRUPTED
+        print(f"{PROG}: error: the vLLM server exited with status {server.process.returncode}:\n{server.log_tail()}",
+              file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        signal.signal(signal.SIGINT, previous_sigint)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 # ---- eval -----------------------------------------------------------------------------------------------------------
 
 
@@ -656,7 +850,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 # ---- entry point ----------------------------------------------------------------------------------------------------
 
 _COMMANDS = {"internalize": _cmd_internalize, "ask": _cmd_ask, "demo": _cmd_demo, "eval": _cmd_eval,
-             "store": _cmd_store}
+             "store": _cmd_store, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
