@@ -396,14 +396,14 @@ def test_push_checks_first_then_uploads_the_hub_folder_to_a_stand_in(workspace, 
     endpoint = f"http://127.0.0.1:{hub.server_address[1]}"
     refused = _run([sys.executable, "train_hf.py", *_train_flags(
         workspace, tmp_path / "refused", "--push_to_hub", "--hub_model_id", "me/v2l", "--hub_token", "read-token")],
-        workspace, expect=2, HF_HUB_OFFLINE=None, HF_ENDPOINT=endpoint)
+        workspace, expect=2, HF_HUB_OFFLINE=None, TRANSFORMERS_OFFLINE=None, HF_ENDPOINT=endpoint)
     assert "train_hf.py: error: --push_to_hub me/v2l: the token is read-only" in refused.stderr
     assert not (tmp_path / "refused" / "trainer_state.json").exists()
 
     hub.requests.clear()
     _run([sys.executable, "train_hf.py", *_train_flags(workspace, output_dir, "--max_steps", "2", "--push_to_hub",
                                                        "--hub_model_id", "me/v2l", "--hub_token", "write-token")],
-         workspace, HF_HUB_OFFLINE=None, HF_ENDPOINT=endpoint)
+         workspace, HF_HUB_OFFLINE=None, TRANSFORMERS_OFFLINE=None, HF_ENDPOINT=endpoint)
     calls = [path.split("?")[0] for _, path in hub.requests if not path.startswith("/api/agent")]
     assert calls[:2] == ["/api/whoami-v2", "/api/models/me/v2l"]  # the check, before training
     assert calls[2:] == ["/api/repos/create", "/api/validate-yaml", "/api/models/me/v2l/preupload/main",
