@@ -1,9 +1,6 @@
 """The base-family seam: a second family (Idefics3, SmolVLM's layout under another class) works through
 `families_video2lora.py` alone, with the perceiver, the adapter and the trainer untouched."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +11,7 @@ from configuration_video2lora import Video2LoRAConfig
 from families_video2lora import FAMILIES, family_of
 from modeling_video2lora import AdapterMismatchError, Video2LoRAAdapter, Video2LoRAModel
 from tests.conftest import TINY_HYPERNETWORK, make_frames, perturb_
-from tests.test_modeling import AUTOMODEL_SCRIPT
+from tests.test_modeling import load_with_automodel_elsewhere
 from video2lora.tiny import tiny_smolvlm_config
 
 
@@ -85,14 +82,7 @@ def test_idefics3_checkpoint_loads_with_automodel_from_another_directory(idefics
     perturb_(idefics3_model)
     idefics3_model.save_pretrained(tmp_path / "model")
     assert (tmp_path / "model" / "families_video2lora.py").is_file()
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", AUTOMODEL_SCRIPT, str(tmp_path / "model"), str(tmp_path / "o.pt")],
-                            cwd=workdir, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = torch.load(tmp_path / "o.pt", weights_only=True)
+    out = load_with_automodel_elsewhere(tmp_path / "model", tmp_path)
     with torch.no_grad():
         expected = idefics3_model.vlm(input_ids=torch.tensor([[5, 6, 7, 8]])).logits
     torch.testing.assert_close(out["logits"], expected)

@@ -483,6 +483,19 @@ AUTOMODEL_SCRIPT = textwrap.dedent("""
 """)
 
 
+def load_with_automodel_elsewhere(model_dir, tmp_path) -> dict:
+    """Run `AUTOMODEL_SCRIPT` on `model_dir` from a fresh folder, offline, with this project's modules out of reach;
+    returns what it saved."""
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", AUTOMODEL_SCRIPT, str(model_dir), str(tmp_path / "o.pt")],
+                            cwd=workdir, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(tmp_path / "o.pt", weights_only=True)
+
+
 def test_automodel_loads_from_another_directory(make_model, tmp_path):
     model = make_model()
     perturb_(model)
@@ -493,14 +506,7 @@ def test_automodel_loads_from_another_directory(make_model, tmp_path):
             "processing_video2lora.py"} <= set(saved)
     assert json.loads((tmp_path / "model" / "config.json").read_text())["auto_map"]["AutoModel"] == (
         "modeling_video2lora.Video2LoRAModel")
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", AUTOMODEL_SCRIPT, str(tmp_path / "model"), str(tmp_path / "o.pt")],
-                            cwd=workdir, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = torch.load(tmp_path / "o.pt", weights_only=True)
+    out = load_with_automodel_elsewhere(tmp_path / "model", tmp_path)
     with torch.no_grad():
         expected = model.vlm(input_ids=torch.tensor([[5, 6, 7, 8]])).logits
     torch.testing.assert_close(out["logits"], expected)
