@@ -11,7 +11,6 @@ import copy
 import functools
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -37,14 +36,14 @@ try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed
     from .perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from .pipeline_video2lora import TASK, Video2LoRAPipeline
     from .processing_video2lora import Video2LoRAProcessor
-    from .video_processing_video2lora import video_duration
+    from .video_processing_video2lora import segment_spans, video_duration
 except ImportError:
     from configuration_video2lora import Video2LoRAConfig
     from families_video2lora import FAMILIES, SMOLVLM, VLMFamily, family_of
     from perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from pipeline_video2lora import TASK, Video2LoRAPipeline
     from processing_video2lora import Video2LoRAProcessor
-    from video_processing_video2lora import video_duration
+    from video_processing_video2lora import segment_spans, video_duration
 
 logger = logging.get_logger(__name__)
 
@@ -178,6 +177,37 @@ class Video2LoRAAdapter:
         parts = sum(adapter.metadata.get("composed", {}).get("parts", 1) for adapter in adapters)
         return replace(first, lora_A=lora_a, lora_B=lora_b, scale=1.0,
                        metadata={**first.metadata, "composed": {"mode": mode, "parts": parts}})
+
+    def compose_groups(self, groups: torch.Tensor | Sequence[int]) -> Video2LoRAAdapter:
+        """
+        Compose the rows of this batch group by group: row `g` of the result is `compose` (`concat`, the bias block
+        once) of the rows `i` with `groups[i] == g`, in their order. Groups of fewer parts get zero slots, which add
+        nothing to the update, so one batch can hold videos cut into different numbers of segments. Differentiable:
+        the trainer composes segment adapters exactly as `Video2LoRAModel.internalize(segments=k)` does.
+
+        Args:
+            groups: `[C]` the group of each row, every value of `0..G-1` present.
+        """
+        groups = [int(g) for g in groups]
+        members = [[row for row, group in enumerate(groups) if group == g] for g in range(max(groups) + 1)]
+        if len(groups) != len(self) or not all(members):
+            raise ValueError(f"groups must give each of the {len(self)} rows a group 0..G-1, none empty; got {groups}.")
+        most, shared = max(map(len, members)), self.shared_rank
+        own = self.rank - shared
+        # Row index per (group, part); index len(self) is an all-zero part, the padding.
+        index = torch.tensor([rows + [len(self)] * (most - len(rows)) for rows in members])  # [G, most]
+        first = [rows[0] for rows in members]
+        lora_a, lora_b = {}, {}
+        for name, scaled_b in self.scaled_B().items():
+            a, b = self.lora_A[name], scaled_b  # [C, L, r, in], [C, L, out, r]
+            a_own = torch.cat([a[:, :, :own], a.new_zeros(1, *a.shape[1:2], own, a.shape[3])])
+            b_own = torch.cat([b[..., :own], b.new_zeros(1, *b.shape[1:3], own)])
+            parts_a = a_own[index].permute(0, 2, 1, 3, 4).flatten(2, 3)  # [G, most, L, own, in] -> [G, L, most*own, in]
+            parts_b = b_own[index].permute(0, 2, 3, 1, 4).flatten(3, 4)  # [G, most, L, out, own] -> [G, L, out, most*own]
+            lora_a[name] = torch.cat([parts_a, a[first, :, own:]], dim=2)
+            lora_b[name] = torch.cat([parts_b, b[first, ..., own:]], dim=3)
+        return replace(self, lora_A=lora_a, lora_B=lora_b, scale=1.0,
+                       metadata={**self.metadata, "composed": {"mode": "concat", "parts": most}})
 
     def compress(self, rank: int) -> Video2LoRAAdapter:
         """
@@ -647,6 +677,10 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             if relative_to is None or not os.path.isdir(relative_to):
                 raise ValueError(f"The base path '{path}' is relative to the hypernetwork folder, which is unknown.")
             path = os.path.join(relative_to, path)
+            if not os.path.isdir(path):
+                # Otherwise the Hub client reports a malformed repo id, which hides what is missing.
+                raise ValueError(f"The base folder '{config.base_model_name_or_path}' (relative to the hypernetwork "
+                                 f"folder) does not exist: expected it at '{os.path.normpath(path)}'.")
         if os.path.isdir(path):
             path = os.path.abspath(path)
         return (*load_base(path, revision=config.base_model_revision, dtype=dtype, device_map=device_map), path)
@@ -899,12 +933,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             raise ValueError("Give segments or segment_seconds, not both.")
         if segments is None and segment_seconds is None:
             return None
-        if segments is not None and (isinstance(segments, bool) or not isinstance(segments, int) or segments < 1):
-            raise ValueError(f"segments must be an integer >= 1, got {segments!r}.")
-        if segment_seconds is not None and not segment_seconds > 0:
-            raise ValueError(f"segment_seconds must be a positive number, got {segment_seconds!r}.")
-        if segments == 1:
-            return None  # exactly today's adapter
+        if segments == 1 and not isinstance(segments, bool):
+            return None  # exactly today's adapter (other values are checked by `segment_spans`)
         if isinstance(video, (str, os.PathLike)):
             total = video_duration(video)
         elif isinstance(video, (list, tuple)) or hasattr(video, "shape"):
@@ -914,14 +944,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         else:
             raise ValueError("Segments need a video file or frames in memory, not frames already sampled.")
         begin, finish = float(start or 0.0), min(float(end), total) if end is not None else total
-        if finish <= begin:
-            raise ValueError(f"The span [{begin}, {finish}) s is empty.")
-        count = segments or max(1, math.ceil((finish - begin) / segment_seconds - 1e-9))
-        if count == 1:
-            return None
-        width = (finish - begin) / count if segments else segment_seconds
-        bounds = [begin + index * width for index in range(count)] + [finish]
-        return list(zip(bounds[:-1], bounds[1:], strict=True))
+        spans = segment_spans(begin, finish, segments=segments, segment_seconds=segment_seconds)
+        return None if len(spans) == 1 else spans
 
     # ---- using an adapter -----------------------------------------------------------------------------------------
 
@@ -985,7 +1009,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 labels: torch.Tensor | None = None, context_input_ids: torch.Tensor | None = None,
                 context_attention_mask: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                 pixel_attention_mask: torch.Tensor | None = None, adapter: Video2LoRAAdapter | None = None,
-                adapter_index: torch.Tensor | None = None, teacher_top_ids: torch.Tensor | None = None,
+                adapter_index: torch.Tensor | None = None, context_video_index: torch.Tensor | None = None,
+                teacher_top_ids: torch.Tensor | None = None,
                 teacher_top_logprobs: torch.Tensor | None = None, teacher_mask: torch.Tensor | None = None,
                 answer_weights: torch.Tensor | None = None,
                 num_items_in_batch: torch.Tensor | int | None = None) -> Video2LoRAOutput:
@@ -999,6 +1024,9 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             context_*: the processor's output for the videos, `[V, T]` plus pixels `[V, F, 3, H, W]`.
             adapter: adapters already generated (skips the context inputs).
             adapter_index: `[B]` which video each text row belongs to, so one video can serve many questions.
+            context_video_index: `[C]` which video each context is a segment of, when videos come in segments: the
+                segments' adapters are composed into one per video ([`Video2LoRAAdapter.compose_groups`]), as
+                `internalize(segments=k)` composes them, and `adapter_index` then counts videos, not contexts.
             teacher_top_ids, teacher_top_logprobs: `[B, S, k]` the teacher's top-k at each labelled position.
             teacher_mask: `[B, S]` positions that have a teacher distribution.
             answer_weights: `[B]` loss weight of every token of each row; the normalizer stays the token count.
@@ -1012,6 +1040,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 pixel_values = pixel_values.to(self.vlm.dtype)  # collators build float32 pixels; the base may be bf16
             adapter = self.generate_adapter(context_input_ids, context_attention_mask, pixel_values=pixel_values,
                                             pixel_attention_mask=pixel_attention_mask)
+            if context_video_index is not None:
+                adapter = adapter.compose_groups(context_video_index)
         rows = adapter if adapter_index is None else adapter[adapter_index]
         with self.apply_adapter(rows):
             # No cache: a training pass never reuses one (and a checkpointed layer must not write one).

@@ -26,6 +26,7 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ import os
 import random
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ from processing_video2lora import Video2LoRAProcessor
 from video2lora.cards import render_card
 from video2lora.checks import UsageError, check_writable_folder
 from video2lora.data import ManifestError, question_type, read_manifest
-from video2lora.video import VideoDecodeError, sample_video, video_duration
+from video2lora.video import VideoDecodeError, sample_video, segment_spans, video_duration
 
 logger = hf_logging.get_logger(__name__)
 
@@ -207,6 +208,27 @@ def _video_key(row: dict) -> tuple[str, tuple[float, float] | None]:
     return row["video_path"], (float(span[0]), float(span[1])) if span else None
 
 
+def _context_keys(row: dict, duration_of: Callable[[str], float]) -> tuple[tuple[str, tuple[float, float] | None], ...]:
+    """
+    The frame-table keys the student reads for `row`: its video (or span) once, or, for a row with `segments: k`,
+    the k segments `Video2LoRAModel.internalize(segments=k)` would cut (the same `segment_spans` over the same
+    duration), whose adapters the model composes. A video whose duration cannot be read keeps its one key, so
+    decoding reports it and its rows are skipped like any unreadable video's.
+    """
+    key = _video_key(row)
+    if row.get("segments", 1) == 1:
+        return (key,)
+    path, span = key
+    try:
+        total = duration_of(path)
+    except (VideoDecodeError, OSError):
+        return (key,)
+    begin, finish = (span[0], min(span[1], total)) if span else (0.0, total)
+    if not finish > begin:
+        return (key,)
+    return tuple((path, part) for part in segment_spans(begin, finish, segments=row["segments"]))
+
+
 def _frame_cache_file(keys: list, sampling: dict, cache_dir: str | None) -> str:
     """A cache file named by everything the decoded frames depend on, files' sizes and times included."""
     stats = []
@@ -296,42 +318,50 @@ class LiveFrames:
 class VideoQuestionDataset(torch.utils.data.Dataset):
     """
     One example per (video, group of up to `questions_per_video` of its rows); frames come from the decoded table.
+    Rows with `segments: k` read their video as k segments (`segments` in the example, composed by the model) and
+    group apart from the same video's unsegmented rows.
 
     Args:
         rows: valid manifest rows (absolute `video_path`).
         frames: the table from [`decode_videos`] over `keys`.
         keys: `(video path, span)` per table row.
+        row_keys: per row, the keys of what the student reads ([`_context_keys`]).
         questions_per_video: rows per example.
         seed: fixes which rows of a video share an example.
         type_weights: loss weight per question type (`metadata.question_type`, else `task_type`); default 1.
     """
 
-    def __init__(self, rows: list[dict], frames: datasets.Dataset, keys: list, questions_per_video: int, seed: int,
-                 type_weights: dict[str, float] | None = None):
+    def __init__(self, rows: list[dict], frames: datasets.Dataset, keys: list, row_keys: list[tuple],
+                 questions_per_video: int, seed: int, type_weights: dict[str, float] | None = None):
         self.frames = frames
         self.type_weights = type_weights or {}
         index_of_key = {key: i for i, key in enumerate(keys)}
-        by_video: dict[int, list[dict]] = {}
-        for row in rows:
-            by_video.setdefault(index_of_key[_video_key(row)], []).append(row)
+        by_video: dict[tuple[int, ...], list[dict]] = {}
+        for row, contexts in zip(rows, row_keys, strict=True):
+            by_video.setdefault(tuple(index_of_key[key] for key in contexts), []).append(row)
         rng = random.Random(seed)
-        self.examples: list[tuple[int, list[dict]]] = []
-        for video_index, video_rows in by_video.items():
+        self.examples: list[tuple[tuple[int, ...], list[dict]]] = []
+        for video_indices, video_rows in by_video.items():
             video_rows = video_rows[:]
             rng.shuffle(video_rows)  # mixes captions and questions within an example
             for start in range(0, len(video_rows), questions_per_video):
-                self.examples.append((video_index, video_rows[start:start + questions_per_video]))
+                self.examples.append((video_indices, video_rows[start:start + questions_per_video]))
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        video_index, rows = self.examples[index]
+        video_indices, rows = self.examples[index]
+        contexts = [self._context(i) for i in video_indices]
+        example = contexts[0] if len(contexts) == 1 else {"segments": contexts}
+        return {**example, "questions": [{"prompt": row["prompt"], "target": row["target_text"],
+                                          "teacher": row.get("teacher_logprobs"), "weight": self._weight(row)}
+                                         for row in rows]}
+
+    def _context(self, video_index: int) -> dict[str, Any]:
         record = self.frames[video_index]
         frames = np.frombuffer(record["frames"], dtype=np.uint8).reshape(record["shape"])
-        return {"frames": frames, "timestamps": record["timestamps"], "duration": record["duration"],
-                "questions": [{"prompt": row["prompt"], "target": row["target_text"],
-                               "teacher": row.get("teacher_logprobs"), "weight": self._weight(row)} for row in rows]}
+        return {"frames": frames, "timestamps": record["timestamps"], "duration": record["duration"]}
 
     def _weight(self, row: dict) -> float:
         return self.type_weights.get(question_type(row), self.type_weights.get(row["task_type"], 1.0))
@@ -345,9 +375,13 @@ def build_dataset(manifest: str, data_args: DataArguments, *, sampling: dict[str
         logger.warning(f"{manifest}:{line}: skipped: {reason}")
     if not report.rows:
         raise TrainingSetupError(f"{manifest}: no usable rows ({len(report.bad_rows)} bad); see the warnings above.")
-    keys = list(dict.fromkeys(_video_key(row) for row in report.rows))
+    videos = list(dict.fromkeys(_video_key(row) for row in report.rows))
     if max_videos is not None:
-        keys = keys[:max_videos]
+        videos = set(videos[:max_videos])
+        report.rows[:] = [row for row in report.rows if _video_key(row) in videos]
+    duration_of = functools.cache(video_duration)  # one probe per file, however many rows and segments it has
+    row_keys = [_context_keys(row, duration_of) for row in report.rows]
+    keys = list(dict.fromkeys(key for contexts in row_keys for key in contexts))
     if data_args.decode_in_workers:
         frames = LiveFrames(keys, sampling)
         problems = frames.check()
@@ -361,12 +395,14 @@ def build_dataset(manifest: str, data_args: DataArguments, *, sampling: dict[str
     for (path, _), error in errors:
         logger.warning(f"{manifest}: skipping every row of video {path}: {error}")
     good = {key for key, error in zip(keys, problems, strict=True) if not error}
-    rows = [row for row in report.rows if _video_key(row) in good]
+    kept = [(row, contexts) for row, contexts in zip(report.rows, row_keys, strict=True) if good.issuperset(contexts)]
+    rows = [row for row, _ in kept]
     if not rows:
         raise TrainingSetupError(f"{manifest}: none of its {len(keys)} videos could be decoded; see the warnings above.")
-    dataset = VideoQuestionDataset(rows, frames, keys, data_args.questions_per_video, seed,
-                                   type_weights=data_args.type_weights)
-    logger.info(f"{manifest}: {len(rows)} rows over {len(good)} videos -> {len(dataset)} examples "
+    dataset = VideoQuestionDataset(rows, frames, keys, [contexts for _, contexts in kept],
+                                   data_args.questions_per_video, seed, type_weights=data_args.type_weights)
+    logger.info(f"{manifest}: {len(rows)} rows over {len({row['video_path'] for row in rows})} videos -> "
+                f"{len(dataset)} examples "
                 f"({len(report.bad_rows)} bad rows, {len(errors)} unreadable videos).")
     return dataset
 
@@ -382,6 +418,8 @@ class Video2LoRACollator:
     other target is tokenized and followed by the end-of-utterance token, so the student learns where to stop. With
     `with_teacher`, the former rows also get the teacher's top-k distribution at each answer position (`teacher_mask`
     marks them). Questions that carry a `weight` (see `--question_type_weights`) add `answer_weights`, one per row.
+    A video given as `segments` (rows with `segments: k`) is k contexts, and `context_video_index` tells the model
+    which to compose into that video's adapter.
 
     Position 0 is always prompt, so never labelled: Trainer counts `labels != -100` unshifted for this model (it has
     no causal-LM `loss_type`), and that count then equals the number of tokens the loss predicts (`labels[:, 1:]`),
@@ -417,9 +455,11 @@ class Video2LoRACollator:
         return prompt_ids + answer_ids + [self.eos_token_id], len(prompt_ids), False
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        # A feature is one video: its frames, or `segments`, one frame record per segment, composed by the model.
+        contexts = [segment for f in features for segment in f.get("segments", [f])]
         context = self.processor.encode_videos(
-            [f["frames"] for f in features], self.instruction, timestamps=[f["timestamps"] for f in features],
-            durations=[f["duration"] for f in features],
+            [c["frames"] for c in contexts], self.instruction, timestamps=[c["timestamps"] for c in contexts],
+            durations=[c["duration"] for c in contexts],
         )
         rows, prompt_lengths, index, teachers, weights = [], [], [], [], []
         for video, feature in enumerate(features):
@@ -448,6 +488,9 @@ class Video2LoRACollator:
             "pixel_values": context["pixel_values"], "pixel_attention_mask": context["pixel_attention_mask"],
             "adapter_index": torch.tensor(index, dtype=torch.long),
         }
+        if len(contexts) > len(features):
+            batch["context_video_index"] = torch.tensor(
+                [video for video, f in enumerate(features) for _ in f.get("segments", [f])], dtype=torch.long)
         if any(weight not in (None, 1.0) for weight in weights):
             batch["answer_weights"] = torch.tensor([1.0 if w is None else w for w in weights])
         if self.with_teacher:

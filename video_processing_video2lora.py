@@ -40,7 +40,8 @@ from fractions import Fraction
 import numpy as np
 import PIL.Image
 
-__all__ = ["SampledVideo", "VideoDecodeError", "check_sampling", "sample_indices", "sample_video", "video_duration"]
+__all__ = ["SampledVideo", "VideoDecodeError", "check_sampling", "sample_indices", "sample_video", "segment_spans",
+           "video_duration"]
 
 _RESAMPLE = PIL.Image.Resampling.BICUBIC
 
@@ -626,3 +627,25 @@ def video_duration(path: str | os.PathLike) -> float:
         except av.FFmpegError as error:
             raise VideoDecodeError(path, f"demuxing failed ({_ffmpeg_reason(error)})") from error
     return end - start
+
+
+def segment_spans(start: float, end: float, *, segments: int | None = None,
+                  segment_seconds: float | None = None) -> list[tuple[float, float]]:
+    """
+    `(start, end)` seconds of each non-overlapping segment of the span `[start, end)`: `segments` equal ones, or
+    ones of `segment_seconds` (the last may be shorter). The one rule for cutting a long video, shared by
+    `Video2LoRAModel.internalize` and the trainer's composed examples, so training composes what inference composes.
+    """
+    if (segments is None) == (segment_seconds is None):
+        raise ValueError("Give segments or segment_seconds, exactly one.")
+    if segments is not None and (isinstance(segments, bool) or not isinstance(segments, int) or segments < 1):
+        raise ValueError(f"segments must be an integer >= 1, got {segments!r}.")
+    if segment_seconds is not None and not segment_seconds > 0:
+        raise ValueError(f"segment_seconds must be a positive number, got {segment_seconds!r}.")
+    if not end > start:
+        raise ValueError(f"The span [{start}, {end}) s is empty.")
+    # 1e-9: a span of exactly 2 x segment_seconds is two segments, not a third of zero length.
+    count = segments or max(1, math.ceil((end - start) / segment_seconds - 1e-9))
+    width = (end - start) / count if segments else segment_seconds
+    bounds = [start + index * width for index in range(count)] + [end]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))

@@ -27,10 +27,28 @@ fi
 TRAIN_CLIPS=${TRAIN_CLIPS:-18000}
 [ -f "$DATA/train.jsonl" ] || python -m video2lora.world --out "$DATA" --split train --num-clips "$TRAIN_CLIPS" \
   --no-progress
-[ -f "$DATA/train_order.jsonl" ] || python -m video2lora.world --out "$DATA" --split train \
-  --num-clips "${ORDER_CLIPS:-9000}" --seed-offset "$TRAIN_CLIPS" --require-question-type order \
-  --manifest-name train_order.jsonl --no-progress
-cat "$DATA/train.jsonl" "$DATA/train_order.jsonl" > "$DATA/train_all.jsonl"
+ORDER_CLIPS=${ORDER_CLIPS:-9000}
+if [ "$ORDER_CLIPS" -gt 0 ]; then
+  [ -f "$DATA/train_order.jsonl" ] || python -m video2lora.world --out "$DATA" --split train \
+    --num-clips "$ORDER_CLIPS" --seed-offset "$TRAIN_CLIPS" --require-question-type order \
+    --manifest-name train_order.jsonl --no-progress
+  cat "$DATA/train.jsonl" "$DATA/train_order.jsonl" > "$DATA/train_all.jsonl"
+else
+  cp "$DATA/train.jsonl" "$DATA/train_all.jsonl"
+fi
+#    Composition in the loop (docs/design.md §5): two-segment clips whose whole-clip rows the student answers from its
+#    halves' (or quarters') adapters composed, as `internalize(segments=k)` composes them at inference.
+TWO_SEGMENT_CLIPS=${TWO_SEGMENT_CLIPS:-3000}
+if [ "$TWO_SEGMENT_CLIPS" -gt 0 ]; then
+  [ -f "$DATA/train_two_segment.jsonl" ] || python -m video2lora.world --out "$DATA" --split train \
+    --num-clips "$TWO_SEGMENT_CLIPS" --two-segment --no-progress
+  python - "$DATA/train_two_segment.jsonl" "$DATA/train_two_segment_whole.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+with open(sys.argv[2], "w") as out:
+    out.writelines(json.dumps(row) + "\n" for row in rows if row["metadata"]["segment"] == "whole")
+PY
+fi
 [ -f "$DATA/test.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 400 --no-progress
 [ -f "$DATA/test_two_segment.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 60 \
   --two-segment --no-progress
@@ -42,6 +60,23 @@ NPROC=${NPROC:-$(nproc)}
 OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" -m video2lora.teacher --model "$BASE" \
   --manifest "$DATA/train_all.jsonl" --output "$DATA/train_teacher.jsonl" --num_frames 4 \
   --batch_size 64 --top_k_logprobs 8
+cp "$DATA/train_teacher.jsonl" "$DATA/train_compose_teacher.jsonl"
+if [ "$TWO_SEGMENT_CLIPS" -gt 0 ]; then
+  # The teacher reads the whole two-segment clip with 8 frames (what Base reads in the composition evaluation); the
+  # student reads it as 2 segments of 4 frames, and every other clip also as 4 segments of 2 steps.
+  OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" -m video2lora.teacher --model "$BASE" \
+    --manifest "$DATA/train_two_segment_whole.jsonl" --output "$DATA/train_two_segment_teacher.jsonl" \
+    --num_frames 8 --batch_size 64 --top_k_logprobs 8
+  python - "$DATA/train_two_segment_teacher.jsonl" >> "$DATA/train_compose_teacher.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+four = set(sorted({row["video_path"] for row in rows})[::2])
+for row in rows:
+    print(json.dumps({**row, "segments": 2}))
+    if row["video_path"] in four:
+        print(json.dumps({**row, "id": row["id"] + "-s4", "segments": 4}))
+PY
+fi
 
 # 4. The hypernetwork (docs/design.md §8: 16 latents of width 128, 2 blocks, rank 8, per-layer heads), 8 videos a step,
 #    cross-entropy on the teacher's answers plus KL to its top-8. The context carries its token positions
@@ -58,7 +93,7 @@ else
          --lora_r 8 --latent_size 128 --num_latents 16 --num_blocks 2 --num_attention_heads 4)
 fi
 OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" train_hf.py "${model[@]}" --base_model_reference ../smolvlm-world \
-  --train_manifest "$DATA/train_teacher.jsonl" --data_root "$DATA" --output_dir "$RUNS/video2lora" \
+  --train_manifest "$DATA/train_compose_teacher.jsonl" --data_root "$DATA" --output_dir "$RUNS/video2lora" \
   --preprocessing_num_workers "$NPROC" --num_frames 4 --questions_per_video 16 \
   --per_device_train_batch_size $((8 / NPROC)) --kl_weight "${KL_WEIGHT:-1.0}" \
   --question_type_weights "${QUESTION_TYPE_WEIGHTS-order=4}" --max_steps "${MAX_STEPS:-3000}" \
@@ -84,7 +119,7 @@ for mode in concat average; do
 done
 
 # 8. The hypernetwork's model card (video2lora/hub_cards/hypernetwork.md), with the held-out numbers of step 6.
-python - "$V2L" "$RUNS/video2lora" "${INIT_FROM:-}" "${KL_WEIGHT:-1.0}" "$DATA/train_teacher.jsonl" <<'PY'
+python - "$V2L" "$RUNS/video2lora" "${INIT_FROM:-}" "${KL_WEIGHT:-1.0}" "$DATA/train_compose_teacher.jsonl" <<'PY'
 import json, sys, tempfile
 from pathlib import Path
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -313,6 +314,28 @@ def test_composition_sums_or_averages_the_video_parts_and_keeps_the_bias_block_o
     thrice = Video2LoRAAdapter.compose([concat, first])
     assert thrice.rank == 3 * (first.rank - shared) + shared and thrice.metadata["composed"]["parts"] == 3
     torch.testing.assert_close(delta(Video2LoRAAdapter.compose([first])), delta(first))
+
+
+def test_composing_groups_of_a_batch_equals_composing_each_video(make_model, processor):
+    """What the trainer composes: rows grouped by video, groups of different sizes in one batch."""
+    model = make_model()
+    perturb_(model)
+    parts = model.generate_adapter(**context(processor, 2, 2, 2, 2, 2))  # five segment adapters
+    grouped = parts.compose_groups(torch.tensor([0, 0, 1, 2, 2]))  # videos of 2, 1 and 2 segments
+    assert len(grouped) == 3 and grouped.rank == 2 * (parts.rank - parts.shared_rank) + parts.shared_rank
+
+    def delta(adapter):
+        b, a = adapter.scaled_B()["mlp.down_proj"], adapter.lora_A["mlp.down_proj"]
+        return torch.einsum("blor,blri->bloi", b, a)
+
+    for video, rows in enumerate(([0, 1], [2], [3, 4])):
+        expected = Video2LoRAAdapter.compose([parts[row] for row in rows])
+        torch.testing.assert_close(delta(grouped[video]), delta(expected), atol=1e-6, rtol=1e-5)
+    # Differentiable: the trainer's loss reaches the hypernetwork through the composition.
+    grouped.lora_B["mlp.down_proj"].sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.hypernetwork.parameters())
+    with pytest.raises(ValueError, match="none empty"):
+        parts.compose_groups([0, 0, 2, 2, 2])
 
 
 def test_compression_is_exact_while_the_rank_fits_and_optimal_below(make_model, processor, tmp_path):
@@ -639,3 +662,13 @@ def test_the_vision_tower_in_chunks_gives_the_same_adapter(make_model, processor
     for name in whole.lora_A:
         torch.testing.assert_close(chunked.lora_A[name], whole.lora_A[name], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(chunked.lora_B[name], whole.lora_B[name], atol=1e-6, rtol=1e-5)
+
+
+def test_a_missing_relative_base_folder_is_named(tmp_path):
+    """A checkpoint copied without the base beside it says which folder it expected, not a Hub-id error."""
+    from video2lora.runner import DEFAULT_MODEL_PATH
+
+    alone = tmp_path / "video2lora-world"
+    shutil.copytree(DEFAULT_MODEL_PATH, alone, ignore=shutil.ignore_patterns("eval*"))
+    with pytest.raises(ValueError, match=r"base folder '\.\./smolvlm-world'.*does not exist.*smolvlm-world"):
+        Video2LoRAModel.from_pretrained(alone)

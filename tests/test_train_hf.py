@@ -398,3 +398,38 @@ def test_decoding_in_workers_gives_the_same_examples_as_the_cached_table(workspa
         assert cached["timestamps"] == live["timestamps"] and cached["questions"] == live["questions"]
     loader = torch.utils.data.DataLoader(built[True], batch_size=None, num_workers=2)
     assert sum(1 for _ in loader) == len(built[True])  # worker processes decode it too
+
+
+def test_segmented_rows_train_the_adapter_that_internalize_composes(small_trainer, workspace):
+    """A row with `segments: 2` trains on the composition of its halves' adapters, the very adapter
+    `internalize(segments=2)` gives at inference; in one batch with an unsegmented video."""
+    trainer, plain_dataset, collator = small_trainer
+    model = trainer.model
+    rows = [json.loads(line) for line in workspace["manifest"].read_text().splitlines()]
+    manifest = workspace["root"] / "segmented.jsonl"
+    write_manifest(manifest, [{**rows[0], "segments": 2}, rows[-1], {**rows[0], "id": "bad", "segments": 0}])
+    data_args = train_hf.DataArguments(train_manifest=str(manifest), questions_per_video=1,
+                                       frame_cache_dir=str(workspace["root"] / "frames"))
+    dataset = train_hf.build_dataset(str(manifest), data_args, sampling=model.processor.sampling_kwargs(), seed=0,
+                                     max_videos=None, training_args=trainer.args)
+    assert len(dataset) == 2  # the row with segments 0 is skipped as bad
+    segmented = next(example for example in (dataset[0], dataset[1]) if "segments" in example)
+    plain = next(example for example in (dataset[0], dataset[1]) if "segments" not in example)
+    assert len(segmented["segments"]) == 2
+    batch = collator([segmented, plain])
+    assert batch["context_input_ids"].shape[0] == 3 and batch["context_video_index"].tolist() == [0, 0, 1]
+    output = model(**batch)
+    output.loss.backward()
+    assert all(p.grad is not None for p in model.hypernetwork.parameters() if p.requires_grad)
+
+    video = str(workspace["root"] / rows[0]["video_path"])
+    expected = model.internalize(video, segments=2)
+    other = model.internalize(str(workspace["root"] / rows[-1]["video_path"]))
+
+    def delta(adapter):
+        b, a = adapter.scaled_B()["mlp.down_proj"], adapter.lora_A["mlp.down_proj"]
+        return torch.einsum("blor,blri->bloi", b, a)
+
+    trained = output.adapter.detach()
+    torch.testing.assert_close(delta(trained[0]), delta(expected), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(delta(trained[1]), delta(other), atol=1e-5, rtol=1e-4)

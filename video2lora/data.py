@@ -13,6 +13,8 @@ A manifest row is a JSON object with these fields:
 | `split`       | str                | e.g. `train`, `validation`, `test`                                        |
 | `metadata`    | dict, optional     | defaults to `{}`                                                          |
 | `span`        | [start, end], opt. | seconds, `0 <= start < end`, or null for the whole video                  |
+| `segments`    | int, optional      | >= 1: the student reads the video (or span) as that many equal segments,  |
+|               |                    | one adapter each, composed (training; docs/design.md §5); default 1       |
 
 Any other key (e.g. `teacher_target`, `teacher_logprobs`) is passed through untouched. Blank lines are ignored.
 """
@@ -228,6 +230,9 @@ def _validate_row(row: Any, *, require_target: bool) -> str | None:
         isinstance(span, list) and len(span) == 2 and all(_is_number(x) for x in span) and 0 <= span[0] < span[1]
     ):
         return f"field 'span' must be null or [start, end] seconds with 0 <= start < end, got {_preview(span)}"
+    segments = row.get("segments", 1)
+    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
+        return f"field 'segments' must be an integer >= 1, got {_preview(segments)}"
     return None
 
 

@@ -1,0 +1,143 @@
+"""The frame-length sweep and the harder scenes (docs/design.md §6): does Video2LoRA keep its quality on videos longer
+and busier than the clips it was trained on?
+
+Held-out world clips are rendered 1x, 2x, 4x, 8x and 16x as long as a training clip (4, 8, ..., 64 key steps, with
+up to one appear / disappear / colour-change event per training-clip length, so more happens in a longer clip), plus
+three harder kinds of training-length scene: 4 objects, 2 events, and 8 steps. For each, `video2lora eval` scores
+Base reading the whole clip with one frame per key step (every step shown; 64 frames of 16 tokens plus their
+timestamps fit the tiny base's 4,096 positions at 16x) against V2L internalizing it in segments of a training clip's
+length (4 frames each), composed by `--compose`, and Blind. Every evaluation resumes when rerun.
+
+    python scripts/long_video_sweep.py --model video2lora/checkpoints/video2lora-world --out runs/sweep \\
+        --results docs/long_video_sweep
+
+writes `docs/long_video_sweep.json` (every number), `.md` (the tables) and `.png` (exact match against length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+STEPS_PER_TRAINING_CLIP = 4  # the embedded default's clips: 4 key steps, read at 4 frames
+LENGTHS = (1, 2, 4, 8, 16)
+# name -> (key steps, world options, segments for V2L)
+HARDER = {
+    "4 objects": (4, ["--max-objects", "4"], 1),
+    "2 events": (4, ["--max-events", "2"], 1),
+    "8 steps": (8, [], 2),
+}
+QUESTION_TYPES = ("count", "shape", "colour", "colour_change", "direction", "order")
+
+
+def variants() -> list[dict]:
+    rows = [{"name": f"{length}x", "length": length, "steps": STEPS_PER_TRAINING_CLIP * length,
+             "world": ["--max-events", str(length)], "segments": length} for length in LENGTHS]
+    rows += [{"name": name, "length": steps / STEPS_PER_TRAINING_CLIP, "steps": steps, "world": options,
+              "segments": segments} for name, (steps, options, segments) in HARDER.items()]
+    return rows
+
+
+def run(command: list[str]) -> None:
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def evaluate(variant: dict, args: argparse.Namespace) -> dict:
+    stem = variant["name"].replace(" ", "_")
+    manifest = args.out / "clips" / f"{stem}.jsonl"
+    if not manifest.is_file():
+        # Seeds past the test clips the README's tables use, so these clips are new to every evaluation.
+        run([sys.executable, "-m", "video2lora.world", "--out", str(args.out / "clips"), "--split", "test",
+             "--num-clips", str(args.clips), "--seed-offset", str(args.seed_offset), "--num-steps",
+             str(variant["steps"]), *variant["world"], "--manifest-name", manifest.name, "--no-progress"])
+    output = args.out / args.compose / stem
+    command = [sys.executable, "-m", "video2lora.cli", "eval", "--manifest", str(manifest), "--model", args.model,
+               "--num_frames", str(STEPS_PER_TRAINING_CLIP), "--segments", str(variant["segments"]),
+               "--compose", args.compose, "--output_dir", str(output)]
+    if not (output / "summary.json").is_file():
+        run(command + (["--resume"] if (output / "records.jsonl").is_file() else []))
+    summary = json.loads((output / "summary.json").read_text())
+    groups = summary["groups"]
+    scores = {"all QA": groups["qa"]}
+    scores.update({kind: groups[f"qa/{kind}"] for kind in QUESTION_TYPES if f"qa/{kind}" in groups})
+    return {**variant, "output_dir": str(output), "scores": {
+        kind: {"n": group["num_items"], **group["metrics"]["exact_match"]["means"],
+               "delta": group["metrics"]["exact_match"]["delta"], "ci": [group["metrics"]["exact_match"]["ci_low"],
+                                                                        group["metrics"]["exact_match"]["ci_high"]],
+               "equivalent": group["metrics"]["exact_match"]["equivalent"]}
+        for kind, group in scores.items()}}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| clips | key steps | Base frames | V2L segments | n | Blind | Base | V2L | Δ [95% CI] | equivalent |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for result in results:
+        s = result["scores"]["all QA"]
+        lines.append(f"| {result['name']} | {result['steps']} | {result['steps']} | {result['segments']} | {s['n']} | "
+                     f"{s['blind']:.3f} | {s['base']:.3f} | {s['v2l']:.3f} | {s['delta']:+.3f} "
+                     f"[{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}] | {'yes' if s['equivalent'] else 'no'} |")
+    lines += ["", "Per question type (Base / V2L, n):", "",
+              "| clips | " + " | ".join(QUESTION_TYPES) + " |", "|---|" + "---|" * len(QUESTION_TYPES)]
+    for result in results:
+        cells = []
+        for kind in QUESTION_TYPES:
+            s = result["scores"].get(kind)
+            cells.append(f"{s['base']:.2f} / {s['v2l']:.2f} ({s['n']})" if s else "–")
+        lines.append(f"| {result['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = [r for r in results if r["name"].endswith("x")]
+    lengths = [r["length"] for r in sweep]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for key, label in (("base", "Base (whole clip in context)"), ("v2l", "V2L (segments composed)"),
+                       ("blind", "Blind")):
+        axis.plot(lengths, [r["scores"]["all QA"][key] for r in sweep], marker="o", label=label)
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(lengths, [f"{length}x" for length in lengths])
+    axis.set_xlabel("clip length / training clip length")
+    axis.set_ylabel("exact match, all QA")
+    axis.set_ylim(0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="video2lora/checkpoints/video2lora-world")
+    parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="clips and evaluations (resumable)")
+    parser.add_argument("--results", type=Path, default=Path("docs/long_video_sweep"),
+                        help="prefix of the .json, .md and .png written")
+    parser.add_argument("--clips", type=int, default=40, help="held-out clips per kind")
+    parser.add_argument("--seed-offset", type=int, default=1000)
+    parser.add_argument("--compose", choices=("concat", "average"), default="concat")
+    args = parser.parse_args(argv)
+    results = [evaluate(variant, args) for variant in variants()]
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    record = {"model": args.model, "clips_per_kind": args.clips, "seed_offset": args.seed_offset,
+              "compose": args.compose, "results": results}
+    for result in results:  # folders under --out are the reader's own; keep the record free of machine paths
+        result["output_dir"] = os.path.relpath(result["output_dir"], Path.cwd())
+    args.results.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    text = table(results)
+    args.results.with_suffix(".md").write_text(text)
+    plot(results, args.results.with_suffix(".png"))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
