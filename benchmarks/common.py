@@ -32,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a Hub lookup would hang for minu
 import numpy as np
 import torch
 import transformers
+from transformers import StaticCache
 
 from benchmarks.architectures import (
     QUICK_HYPERNETWORK,
@@ -209,6 +210,48 @@ def query_inputs(bench: BenchModel, num_frames: int, question: str = QUESTION, s
 
 def visual_tokens(bench: BenchModel, input_ids: torch.Tensor) -> int:
     return int((input_ids == bench.vlm.config.image_token_id).sum())
+
+
+class StaticPrefix:
+    """
+    KV-prefix reuse in the fastest correct form a user would write: the prefix's keys and values are prefilled once
+    into a `transformers.StaticCache` that also has room for a question after them, and every query writes its own
+    tokens into the slots after the prefix, in place. A query copies nothing and concatenates nothing: a copied
+    `DynamicCache` would concatenate the whole prefix with the question at every layer of every query, a cost that
+    grows with the prefix and that no server pays.
+
+    Why a query after another is still exact: `query` first rewinds the cache's write position to the end of the
+    prefix, so the new question's keys and values overwrite the previous question's slots, and its positions (hence
+    its rotary phases and causal mask) start right after the prefix again. Slots the previous, longer question wrote
+    beyond this one's last position stay stale but are never read: the causal mask lets a query at position `p`
+    attend to slots `<= p` only. `tests/test_benchmarks.py` checks two successive different questions against the
+    full prompt.
+    """
+
+    def __init__(self, decoder, config, prefix_ids: torch.Tensor, room: int, **inputs):
+        """
+        Args:
+            decoder: what prefills the prefix: the inner model (`vlm.model`), since a prefix needs keys and values, not
+                logits.
+            config: the model config the cache's layers are shaped from.
+            prefix_ids: `[1, P]`, the prefix tokens.
+            room: the most question tokens a later query may write after the prefix.
+            **inputs: passed to the prefill (the frames' `pixel_values` and `pixel_attention_mask`).
+        """
+        self.length = prefix_ids.shape[1]
+        self.capacity = self.length + room
+        self.cache = StaticCache(config=config, max_cache_len=self.capacity)
+        decoder(input_ids=prefix_ids, cache=self.cache, use_cache=True, **inputs)
+
+    def query(self, model, input_ids: torch.Tensor, **kwargs):
+        """`model(input_ids)` continuing the prefix; the cache afterwards holds the prefix and this query's tokens."""
+        written = int(self.cache.get_seq_length())
+        if self.length + input_ids.shape[1] > self.capacity:
+            raise ValueError(f"{input_ids.shape[1]} query tokens do not fit the {self.capacity - self.length} slots "
+                             "after the prefix.")
+        # A static layer crops by a negative count: it only moves the write position back, the tensors stay put.
+        self.cache.crop(self.length - written)
+        return model(input_ids=input_ids, cache=self.cache, use_cache=True, **kwargs)
 
 
 # ---- timing ---------------------------------------------------------------------------------------------------------

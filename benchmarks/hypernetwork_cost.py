@@ -8,7 +8,8 @@ Time (interleaved, per frame count):
   so `encode_context - vlm_until_last_layer` is exactly the perceiver encoder's time;
 - `encode_context`: the VLM forward plus the perceiver encoder fed layer by layer from hooks;
 - `decode`: `hypernetwork.decode(latents)` (decoder block + LoRA heads), independent of the frame count;
-- `kv_prefix_build`: the KV-prefix build of the same video, the one-time cost adapter generation competes with.
+- `kv_prefix_build`: the KV-prefix build of the same video, the one-time cost adapter generation competes with
+  (the `StaticPrefix` of `benchmarks/query_time.py`'s KV-reuse contender: static cache allocated, prefix prefilled).
 
 Attention paths (interleaved, 20 rounds): one encoder block's cross-attention at the measured context length, 4x
 and 16x it, computed through the key and value projections (what the model runs with few queries) against projecting
@@ -36,6 +37,7 @@ from benchmarks.common import (
     REPO_ROOT,
     BenchModel,
     Case,
+    StaticPrefix,
     base_parser,
     current_rss_bytes,
     format_bytes,
@@ -132,7 +134,9 @@ def time_split(bench: BenchModel, num_frames: int, repeats: int, warmup: int, va
         "vlm_until_last_layer": Case(lambda _: vlm_until_last_layer(bench, context)),
         "encode_context": Case(lambda _: model.encode_context(**context)),
         "decode": Case(lambda _: model.hypernetwork.decode(latents)),
-        "kv_prefix_build": Case(lambda _: bench.vlm.model(input_ids=inputs.prefix_ids, **pixels, use_cache=True)),
+        # The same build as query_time's KV-reuse contender: a static cache with room for the question, prefilled.
+        "kv_prefix_build": Case(lambda _: StaticPrefix(bench.vlm.model, bench.vlm.config, inputs.prefix_ids,
+                                                       inputs.question_ids.shape[1], **pixels)),
     }
     for label, variant in variants.items():
         cases[f"encode_context[{label}]"] = Case(lambda _, v=variant: v.encode_context(**context))

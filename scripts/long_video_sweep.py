@@ -55,7 +55,7 @@ def evaluate(variant: dict, args: argparse.Namespace) -> dict:
         run([sys.executable, "-m", "video2lora.world", "--out", str(args.out / "clips"), "--split", "test",
              "--num-clips", str(args.clips), "--seed-offset", str(args.seed_offset), "--num-steps",
              str(variant["steps"]), *variant["world"], "--manifest-name", manifest.name, "--no-progress"])
-    output = args.out / args.compose / stem
+    output = args.out / (args.name or Path(args.model).name) / args.compose / stem
     command = [sys.executable, "-m", "video2lora.cli", "eval", "--manifest", str(manifest), "--model", args.model,
                "--num_frames", str(STEPS_PER_TRAINING_CLIP), "--segments", str(variant["segments"]),
                "--compose", args.compose, "--output_dir", str(output)]
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=40, help="held-out clips per kind")
     parser.add_argument("--seed-offset", type=int, default=1000)
     parser.add_argument("--compose", choices=("concat", "average"), default="concat")
+    parser.add_argument("--name", default=None, help="folder of this model's evaluations under --out "
+                                                       "(default: the model folder's name)")
     args = parser.parse_args(argv)
     results = [evaluate(variant, args) for variant in variants()]
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from benchmarks import adapter_overhead, batched_serving, hypernetwork_cost, long_video, query_time, teacher_cost
+from benchmarks.common import StaticPrefix, load_model, query_inputs
 
 
 @pytest.fixture
@@ -52,6 +53,35 @@ def test_query_time(run_quick, tmp_path):
     assert set(result["summary"]["targets"]) >= {"v2l_at_least_20x_faster_than_base_everywhere",
                                                  "v2l_faster_than_kv_reuse_everywhere"}
     assert (tmp_path / "query_time_quick.png").stat().st_size > 0
+
+
+@torch.inference_mode()
+def test_static_prefix_reuse_matches_the_full_prompt():
+    """The KV-reuse contender's cache, reused in place, gives the full prompt's logits at every question position, for
+    successive different questions: a longer one after a shorter (it overwrites the slots) and a shorter one after a
+    longer (the stale slots beyond it must be masked), then the first again."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bench = load_model("quick")
+        vlm = bench.vlm
+        asks = [query_inputs(bench, 2, question=q) for q in ("Is there a red square?", "Why?", "What colour is it?")]
+        assert all(torch.equal(ask.prefix_ids, asks[0].prefix_ids) for ask in asks)  # one video, one prefix
+        assert len({ask.question_ids.shape[1] for ask in asks}) == 3
+        pixels = {"pixel_values": asks[0].pixel_values, "pixel_attention_mask": asks[0].pixel_attention_mask}
+        prefix = StaticPrefix(vlm.model, vlm.config, asks[0].prefix_ids,
+                              max(ask.question_ids.shape[1] for ask in asks), **pixels)
+        errors = []
+        for ask in (*asks, asks[0]):
+            full = vlm(input_ids=ask.base_ids, **pixels).logits[:, -ask.question_ids.shape[1]:]
+            reused = prefix.query(vlm, ask.question_ids).logits
+            assert reused.shape == full.shape
+            errors.append((reused - full).abs().max().item())
+        assert max(errors) < 1e-5, errors
+        with pytest.raises(ValueError, match="do not fit"):
+            prefix.query(vlm, torch.cat([asks[0].question_ids] * 3, dim=1))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_adapter_overhead(run_quick):
