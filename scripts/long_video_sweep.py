@@ -49,10 +49,11 @@ def run(command: list[str]) -> None:
 
 def evaluate(variant: dict, args: argparse.Namespace) -> dict:
     stem = variant["name"].replace(" ", "_")
-    manifest = args.out / "clips" / f"{stem}.jsonl"
+    # One folder per kind: every kind uses the same seeds, so their video files share names.
+    manifest = args.out / "clips" / stem / f"{stem}.jsonl"
     if not manifest.is_file():
         # Seeds past the test clips the README's tables use, so these clips are new to every evaluation.
-        run([sys.executable, "-m", "video2lora.world", "--out", str(args.out / "clips"), "--split", "test",
+        run([sys.executable, "-m", "video2lora.world", "--out", str(manifest.parent), "--split", "test",
              "--num-clips", str(args.clips), "--seed-offset", str(args.seed_offset), "--num-steps",
              str(variant["steps"]), *variant["world"], "--manifest-name", manifest.name, "--no-progress"])
     output = args.out / (args.name or Path(args.model).name) / args.compose / stem
