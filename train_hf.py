@@ -52,9 +52,9 @@ from transformers.utils import logging as hf_logging
 from configuration_video2lora import Video2LoRAConfig
 from modeling_video2lora import Video2LoRAModel
 from processing_video2lora import Video2LoRAProcessor
-from video2lora.cards import render_card
+from video2lora.cards import evaluation_fields, find_eval_summaries, render_card, training_data_statistics
 from video2lora.checks import UsageError, check_writable_folder
-from video2lora.data import ManifestError, question_type, read_manifest
+from video2lora.data import ManifestError, question_type, read_manifest, write_text_atomically
 from video2lora.video import VideoDecodeError, sample_video, segment_spans, video_duration
 
 logger = hf_logging.get_logger(__name__)
@@ -621,12 +621,67 @@ def _hub_id_or_none(reference: str | None) -> str | None:
     return reference if reference.count("/") <= 1 else None
 
 
+TRAINING_RECORD_NAME = "training_record.json"
+
+
+def _enum_value(value: Any) -> Any:
+    """`TrainingArguments` holds some settings as enums (`OptimizerNames.ADAMW_TORCH`); the card shows their value."""
+    return getattr(value, "value", value)
+
+
+def training_record(model: Video2LoRAModel, data_args: DataArguments, training_args: TrainingArguments,
+                    rows: Sequence[dict[str, Any]], *, steps: int, metrics: dict[str, float],
+                    base_model_reference: str | None = None, init_from: str | None = None) -> dict[str, Any]:
+    """
+    What a run trained, as its card states it: the settings that ran (`recipe`), the rows it read (`data`,
+    [`video2lora.cards.training_data_statistics`]) and its final metrics. Files are named by their base name only,
+    so no machine path is shipped.
+    """
+    precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+    videos_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                       * training_args.world_size)
+    weights = parse_question_type_weights(data_args.question_type_weights)
+    base = base_model_reference or model.config.base_model_name_or_path
+    recipe = {
+        "base": base if _hub_id_or_none(base) else Path(base).name,
+        "base dtype": str(model.base_model.dtype).removeprefix("torch."),
+        "continued from": Path(init_from).name if init_from else None,
+        "frames per video / frame size": f"{model.processor.video_sampling['max_frames']} / "
+                                         f"{model.processor.frame_size} px",
+        "training manifest": Path(data_args.train_manifest).name if data_args.train_manifest else None,
+        "questions per video": data_args.questions_per_video,
+        "loss": "cross-entropy on the teacher's answers" + (f" + {data_args.kl_weight:g} x KL to its top-k"
+                                                             if data_args.kl_weight else ""),
+        "question-type weights": ", ".join(f"{k}={v:g}" for k, v in weights.items()) or None,
+        "optimizer": f"{_enum_value(training_args.optim)}, lr {training_args.learning_rate:g}, weight decay "
+                     f"{training_args.weight_decay:g}",
+        "schedule": f"{_enum_value(training_args.lr_scheduler_type)}, warm-up {training_args.warmup_steps:g}",
+        "gradient clipping": training_args.max_grad_norm,
+        "precision": precision,
+        "activation checkpointing": "on" if training_args.activation_checkpointing else None,
+        "videos per step": f"{videos_per_step} = {training_args.world_size} x "
+                           f"{training_args.per_device_train_batch_size} x {training_args.gradient_accumulation_steps}"
+                           " (processes x videos per device x accumulation)",
+        "optimizer steps": steps,
+        "seed": training_args.seed,
+    }
+    recipe = {name: str(value) for name, value in recipe.items() if value is not None}
+    return {"recipe": recipe, "data": training_data_statistics(rows),
+            "metrics": {name: value for name, value in metrics.items() if isinstance(value, (int, float))}}
+
+
 def prepare_hub_folder(model: Video2LoRAModel, output_dir: str | os.PathLike, *, repo_id: str | None = None,
                        base_model_reference: str | None = None, dataset_names: Sequence[str] | None = None,
-                       license: str = "apache-2.0", training_summary: str | None = None) -> Path:
+                       license: str = "apache-2.0", training_summary: str | None = None,
+                       record: dict[str, Any] | None = None,
+                       evaluations_from: str | os.PathLike | None = None) -> Path:
     """
     Write exactly the folder a Hub upload sends: hypernetwork weights (safetensors, no base weights), config with
     `auto_map`, the custom code files, the processor files and a model card from `video2lora/hub_cards/hypernetwork.md`.
+
+    The card says what was trained and on what (`record`, also written beside it as `training_record.json`), the
+    `video2lora eval` results found in `evaluations_from` and its sub-folders, and lists what no evaluation there
+    covers under "Not measured".
 
     Args:
         model: the trained model.
@@ -636,6 +691,8 @@ def prepare_hub_folder(model: Video2LoRAModel, output_dir: str | os.PathLike, *,
         dataset_names: Hub datasets for the card's `datasets` metadata.
         license: the card's license.
         training_summary: free text (e.g. final losses) added to the card.
+        record: [`training_record`] of the run, if known.
+        evaluations_from: a folder with `video2lora eval` outputs (`summary.json` in it or one level below).
 
     Returns:
         `Path` of the folder.
@@ -657,6 +714,11 @@ def prepare_hub_folder(model: Video2LoRAModel, output_dir: str | os.PathLike, *,
         config.base_model_name_or_path = original
     repo_id = repo_id or output_dir.name
     num_parameters = sum(p.numel() for p in model.hypernetwork.parameters())
+    data = record["data"] if record else None
+    # One row per question type, and per task type that has none (captions, summaries).
+    data_kinds = {} if data is None else {**data["question_types"], **{
+        task: count for task, count in data["task_types"].items()
+        if not any(kind.startswith(f"{task}/") for kind in data["question_types"])}}
     card = render_card(
         "hypernetwork", library_name="transformers", base_model=hub_base, pipeline_tag="video-text-to-text",
         tags=["video2lora", "hypernetwork", "lora", "smolvlm", "video"], license=license,
@@ -669,8 +731,12 @@ def prepare_hub_folder(model: Video2LoRAModel, output_dir: str | os.PathLike, *,
         head_type=config.head_type, num_frames=model.processor.video_sampling["max_frames"],
         frame_size=model.processor.frame_size,
         kl_weight=None, training_summary=training_summary,
+        recipe=record["recipe"] if record else None, data=data, data_kinds=data_kinds,
+        **evaluation_fields(find_eval_summaries(evaluations_from) if evaluations_from else []),
     )
     (output_dir / "README.md").write_text(card, encoding="utf-8")
+    if record:
+        (output_dir / TRAINING_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return output_dir
 
 
@@ -706,7 +772,8 @@ def check_hub_access(training_args: TrainingArguments) -> str:
     endpoint = huggingface_hub.constants.ENDPOINT
     prefix = f"--push_to_hub {repo_id}:"
     offline = (f"{prefix} the Hub is offline (HF_HUB_OFFLINE=1), so the upload after training would fail; unset "
-               "HF_HUB_OFFLINE, or train without --push_to_hub and upload output_dir/hub later.")
+               "HF_HUB_OFFLINE, or train without --push_to_hub and push the run later with --init_from OUTPUT_DIR "
+               "--do_train false --push_to_hub.")
     if huggingface_hub.is_offline_mode():
         raise TrainingSetupError(offline)
     api = HfApi(endpoint=endpoint, token=training_args.hub_token)
@@ -768,8 +835,10 @@ def check_hub_access(training_args: TrainingArguments) -> str:
 
 def push_hypernetwork_to_hub(model: Video2LoRAModel, training_args: TrainingArguments, *,
                              base_model_reference: str | None, dataset_names: Sequence[str] | None,
-                             training_summary: str | None = None) -> str:
-    """Prepare the Hub folder under `output_dir/hub` and upload it with `huggingface_hub.upload_folder`."""
+                             training_summary: str | None = None, record: dict[str, Any] | None = None,
+                             evaluations_from: str | os.PathLike | None = None) -> str:
+    """Prepare the Hub folder under `output_dir/hub` ([`prepare_hub_folder`]) and upload it with
+    `huggingface_hub.upload_folder`."""
     from huggingface_hub import HfApi
 
     repo_id = _hub_repo_id(training_args)
@@ -777,7 +846,8 @@ def push_hypernetwork_to_hub(model: Video2LoRAModel, training_args: TrainingArgu
     if folder.exists():
         shutil.rmtree(folder)
     prepare_hub_folder(model, folder, repo_id=repo_id, base_model_reference=base_model_reference,
-                       dataset_names=dataset_names, training_summary=training_summary)
+                       dataset_names=dataset_names, training_summary=training_summary, record=record,
+                       evaluations_from=evaluations_from)
     api = HfApi(token=training_args.hub_token)
     repo_id = api.create_repo(repo_id, private=training_args.hub_private_repo, exist_ok=True).repo_id
     api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload Video2LoRA hypernetwork",
@@ -1324,14 +1394,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
 
+    examples = train_dataset.examples if train_dataset is not None else []
+    record = None
+    if training_args.do_train:
+        record = training_record(model, data_args, training_args, [row for _, rows in examples for row in rows],
+                                 steps=trainer.state.global_step, metrics=metrics,
+                                 base_model_reference=model_args.base_model_reference, init_from=model_args.init_from)
+        if trainer.is_world_process_zero():
+            write_text_atomically(Path(training_args.output_dir) / TRAINING_RECORD_NAME,
+                                   json.dumps(record, indent=2) + "\n")
+    elif model_args.init_from and (Path(model_args.init_from) / TRAINING_RECORD_NAME).is_file():
+        # Pushing a trained checkpoint later (`--init_from RUN --do_train false --push_to_hub`): its own record.
+        record = json.loads((Path(model_args.init_from) / TRAINING_RECORD_NAME).read_text(encoding="utf-8"))
     if push_to_hub and trainer.is_world_process_zero():
-        examples = train_dataset.examples if train_dataset is not None else []
-        dataset_names = sorted({row["dataset"] for _, rows in examples for row in rows})
+        dataset_names = sorted((record or {}).get("data", {}).get("datasets", {}))
         summary = ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items() if k.endswith("loss"))
         repo_id = push_hypernetwork_to_hub(
             model, training_args, base_model_reference=model_args.base_model_reference,
             dataset_names=[name for name in dataset_names if "/" in name] or None,
-            training_summary=f"Final metrics: {summary}." if summary else None,
+            training_summary=f"Final metrics: {summary}." if summary else None, record=record,
+            evaluations_from=model_args.init_from if not training_args.do_train and model_args.init_from
+            else training_args.output_dir,
         )
         logger.info(f"Pushed the hypernetwork to https://huggingface.co/{repo_id}")
     return metrics

@@ -93,6 +93,16 @@ def test_accelerate_launch_trains_and_saves_only_the_hypernetwork(trained, works
     assert any(not torch.equal(p, fresh.state_dict()[n]) for n, p in model.state_dict().items() if "b_scale" in n)
 
 
+def test_a_run_records_what_it_trained_for_its_card(trained, workspace):
+    record = json.loads((trained / "training_record.json").read_text())
+    rows = workspace["manifest"].read_text().splitlines()
+    assert record["data"]["rows"] == len(rows) and record["data"]["videos"] == 2
+    assert record["recipe"]["optimizer steps"] == "8" and record["recipe"]["frames per video / frame size"] == "3 / 64 px"
+    assert record["recipe"]["optimizer"].endswith(", lr 0.01, weight decay 0.01")  # the Trainer's default AdamW
+    assert record["metrics"]["train_loss"] > 0
+    assert str(workspace["root"]) not in json.dumps(record)  # no machine paths
+
+
 def test_resume_from_checkpoint_continues_the_same_run(trained, workspace, tmp_path):
     # A copy of checkpoint-4 whose logged step-1 loss is a marker: a resumed run carries the checkpoint's state over.
     checkpoint = tmp_path / "checkpoint-4"
@@ -254,6 +264,53 @@ def test_prepare_hub_folder_writes_exactly_the_upload(workspace, tmp_path):
     assert 'AutoModel.from_pretrained("me/v2l-tiny", trust_remote_code=True)' in card.text
     with pytest.raises(ValueError, match="not empty"):
         train_hf.prepare_hub_folder(model, folder)
+
+
+@pytest.mark.parametrize("recipe, base_id", [("smolvlm2_500m", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"),
+                                              ("smolvlm2_2.2b", "HuggingFaceTB/SmolVLM2-2.2B-Instruct")])
+def test_recipe_cards_say_what_was_trained_on_what_and_what_was_not_measured(recipe, base_id, workspace, tmp_path):
+    from video2lora.cards import NOT_MEASURED
+
+    run = tmp_path / "run"
+    _, data_args, training_args = train_hf.parse_args([
+        f"configs/recipes/{recipe}.yaml", "--train_manifest", str(workspace["manifest"]), "--output_dir", str(run),
+        "--question_type_weights", "order=4", "--use_cpu", "true"])
+    model = Video2LoRAModel.from_base(str(workspace["base"]), **TINY_HYPERNETWORK)
+    rows = [json.loads(line) for line in workspace["manifest"].read_text().splitlines()]
+    record = train_hf.training_record(model, data_args, training_args, rows, steps=1234, metrics={"train_loss": 0.5},
+                                      base_model_reference=base_id)
+
+    def card(name):
+        folder = train_hf.prepare_hub_folder(model, tmp_path / name, repo_id=f"me/{name}", base_model_reference=base_id,
+                                             record=record, evaluations_from=run)
+        assert json.loads((folder / "training_record.json").read_text()) == record
+        return ModelCard.load(folder / "README.md").text
+
+    text = card("untested")
+    # What ran: the recipe's published settings, as the Trainer read them.
+    for line in (f"| base | {base_id} |", "| optimizer | adamw_torch, lr 0.0001, weight decay 0.01 |",
+                 "| schedule | cosine, warm-up 0.03 |", "| gradient clipping | 1.0 |", "| precision | bf16 |",
+                 "| optimizer steps | 1234 |", "| question-type weights | order=4 |", "| training manifest | fixed.jsonl |"):
+        assert line in text
+    # On what: the rows it read.
+    assert f"| {len(rows)} | 2 | 2 | world ({len(rows)} rows) |" in text
+    kinds = {f"qa/{row['metadata']['question_type']}" for row in rows}
+    assert all(f"| {kind} |" in text for kind in kinds)
+    # Nothing evaluated: every item is listed as not measured, and no machine path is shipped.
+    assert "This checkpoint was not evaluated." in text and all(item in text for item in NOT_MEASURED.values())
+    assert str(workspace["root"]) not in text and str(tmp_path) not in text
+
+    # The run's evaluations, once `video2lora eval` wrote them into its folder, go on the card and off the list.
+    shipped = REPO / "video2lora" / "checkpoints" / "video2lora-world"
+    for folder in ("eval", "eval-compose-concat"):
+        (run / folder).mkdir(parents=True)
+        shutil.copy(shipped / folder / "summary.json", run / folder / "summary.json")
+    text = card("tested")
+    assert "### `eval`: test.jsonl, 3621 items" in text and "Base reads 64 visual tokens per question" in text
+    assert "2 segment adapters per video, composed by concat. Rows where segment=whole." in text
+    assert "| qa/order |" in text and "This checkpoint was not evaluated." not in text
+    assert not any(NOT_MEASURED[key] in text for key in ("qa", "caption", "composition"))
+    assert all(NOT_MEASURED[key] in text for key in ("summary", "long_videos", "benchmarks", "speed"))
 
 
 def test_bad_arguments_fail_clearly(workspace):

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -412,3 +413,18 @@ def test_push_checks_first_then_uploads_the_hub_folder_to_a_stand_in(workspace, 
     assert sorted(hub.files) == sorted(p.name for p in folder.iterdir())
     assert all(hub.files[p.name] == p.read_bytes() for p in folder.iterdir())
     assert "README.md" in hub.files and _hypernetwork_only(folder)
+    record = json.loads((output_dir / "training_record.json").read_text())
+    assert json.loads(hub.files["training_record.json"]) == record and "This checkpoint was not evaluated." in (
+        hub.files["README.md"].decode())
+
+    # Evaluated afterwards (`video2lora eval --output_dir RUN/eval`), the run is pushed again without training: its
+    # card now carries the evaluation and still says what was trained.
+    (output_dir / "eval").mkdir()
+    shutil.copy(REPO / "video2lora" / "checkpoints" / "video2lora-world" / "eval" / "summary.json", output_dir / "eval")
+    hub.files.clear()
+    _run([sys.executable, "train_hf.py", "--init_from", str(output_dir), "--do_train", "false", "--output_dir",
+          str(tmp_path / "later"), "--push_to_hub", "--hub_model_id", "me/v2l", "--hub_token", "write-token"],
+         workspace, HF_HUB_OFFLINE=None, TRANSFORMERS_OFFLINE=None, HF_ENDPOINT=endpoint)
+    card = hub.files["README.md"].decode()
+    assert "### `eval`: test.jsonl, 3621 items" in card and "| optimizer steps | 2 |" in card
+    assert json.loads(hub.files["training_record.json"]) == record

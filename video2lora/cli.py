@@ -36,7 +36,7 @@ from .checks import (
     check_writable_folder,
     positive_int,
 )
-from .data import ManifestError, read_manifest, resolve_data_root
+from .data import ManifestError, read_manifest, resolve_data_root, write_text_atomically
 from .store import AdapterStore, sha256_file
 from .video import SampledVideo, VideoDecodeError
 
@@ -721,13 +721,6 @@ def _eval_settings(args: argparse.Namespace) -> dict[str, Any]:
             "model": args.model}
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def _read_scored(path: Path, data_root: Path) -> dict[str, dict[str, Any]]:
     """Records an interrupted run kept, by id; a line torn by the interruption is dropped (its video is redone)."""
     done = {}
@@ -761,7 +754,7 @@ def _prepare_eval_output(args: argparse.Namespace, data_root: Path) -> tuple[Pat
                          "--overwrite to start over")
     output.mkdir(parents=True, exist_ok=True)
     records.unlink(missing_ok=True)
-    _write_atomically(run, json.dumps(_eval_settings(args), indent=2) + "\n")
+    write_text_atomically(run, json.dumps(_eval_settings(args), indent=2) + "\n")
     return output, {}
 
 
@@ -838,10 +831,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                    f"video in context, {args.segments} x the frames of one segment.\n")
 
     # The records in manifest order (judge scores included) replace the ones kept as they were scored.
-    _write_atomically(output / RECORDS_NAME,
+    write_text_atomically(output / RECORDS_NAME,
                       "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
-    _write_atomically(output / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
-    _write_atomically(output / REPORT_NAME, report)
+    write_text_atomically(output / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(output / REPORT_NAME, report)
     print(report)
     print(f"wrote {output}/{SUMMARY_NAME}, {RECORDS_NAME} and {REPORT_NAME} ({len(records)} rows)")
     return 0

@@ -21,16 +21,17 @@ Any other key (e.g. `teacher_target`, `teacher_logprobs`) is passed through unto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     import datasets
@@ -46,6 +47,7 @@ __all__ = [
     "read_manifest",
     "resolve_data_root",
     "write_manifest",
+    "write_text_atomically",
 ]
 
 logger = logging.getLogger(__name__)
@@ -393,6 +395,33 @@ def load_manifest_dataset(
         ) from error
 
 
+@contextlib.contextmanager
+def _atomic_text_file(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text handle whose content replaces `path` in one `os.replace` when the block ends without an error: readers
+    see the old file or the new one, never half of one, and a failure mid-write leaves no partial file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
+            yield handle
+            handle.flush()
+            # Make the content durable before the rename publishes it.
+            os.fsync(handle.fileno())
+        # mkstemp creates the file private (0600); give it the replaced file's mode, or the usual 0644.
+        os.chmod(temporary_name, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
+        os.replace(temporary_name, path)
+    except BaseException:
+        Path(temporary_name).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (see `write_manifest`); parent folders are created."""
+    with _atomic_text_file(path) as handle:
+        handle.write(text)
+
+
 def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """Write rows as JSONL (one JSON object per line, UTF-8), atomically.
 
@@ -404,21 +433,8 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> None:
         rows (`Iterable[dict]`): The rows; each must be JSON-serializable (NaN and infinity are rejected, as JSON has
             no spelling for them).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
-            for row in rows:
-                if not isinstance(row, dict):
-                    raise TypeError(f"manifest rows must be dicts, got {type(row).__name__}")
-                handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-            handle.flush()
-            # Make the content durable before the rename publishes it.
-            os.fsync(handle.fileno())
-        # mkstemp creates the file private (0600); give it the replaced file's mode, or the usual 0644.
-        os.chmod(temporary_name, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
-        os.replace(temporary_name, path)
-    except BaseException:
-        Path(temporary_name).unlink(missing_ok=True)
-        raise
+    with _atomic_text_file(path) as handle:
+        for row in rows:
+            if not isinstance(row, dict):
+                raise TypeError(f"manifest rows must be dicts, got {type(row).__name__}")
+            handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
