@@ -4,6 +4,7 @@ the real Hub client offline and a local Hub stand-in on 127.0.0.1)."""
 
 import base64
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -219,6 +220,44 @@ def test_fsdp_config_shards_the_hypernetwork_and_matches_ddp(ddp_run, workspace)
         assert (folder / "modeling_video2lora.py").is_file() and not list(folder.glob("_fsdp*.py"))
     loaded = Video2LoRAModel.from_pretrained(output_dir)
     assert any(p.abs().sum() > 0 for n, p in loaded.hypernetwork.named_parameters() if "b_scale" in n)
+
+
+# A mark, not pytest.importorskip in the body: that would skip only after the DDP run the test compares with.
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="configs/accelerate_deepspeed_zero2.yaml "
+                    "needs deepspeed: pip install --no-build-isolation deepspeed (the `deepspeed` extra)")
+def test_deepspeed_zero2_config_partitions_the_optimizer_matches_ddp_and_resumes(ddp_run, workspace):
+    # The DDP command with the ZeRO-2 config: train_hf.py starts gloo CPU processes and accelerate's Accelerator then
+    # wraps the model in DeepSpeed (its CPU accelerator, gloo). The first run JIT-builds DeepSpeed's shm comm op.
+    output_dir = workspace["root"] / "deepspeed"
+    command = ["accelerate", "launch", "--config_file", "configs/accelerate_deepspeed_zero2.yaml", "--num_processes",
+               "2", "--mixed_precision", "no", "train_hf.py"]
+    _run([*command, *_train_flags(workspace, output_dir)], workspace, timeout=600)
+    ddp_losses, deepspeed_losses = _losses(ddp_run[0]), _losses(output_dir)
+    assert sorted(deepspeed_losses) == [1, 2, 3, 4]
+    for step, loss in ddp_losses.items():
+        assert deepspeed_losses[step] == pytest.approx(loss, rel=1e-4), (ddp_losses, deepspeed_losses)
+    for folder in (output_dir, output_dir / "checkpoint-2"):
+        assert _hypernetwork_only(folder)
+        assert json.loads((folder / "config.json").read_text())["dtype"] == "float32"
+    # ZeRO-2: one optimizer shard per process, each with about half of the hypernetwork's fp32 master weights.
+    hypernetwork = sum(p.numel() for p in Video2LoRAModel.from_pretrained(output_dir).hypernetwork.parameters())
+    shards = sorted((output_dir / "checkpoint-2" / "global_step2").glob("zero_pp_rank_*_mp_rank_00_optim_states.pt"))
+    assert len(shards) == 2
+    local = []
+    for shard in shards:
+        state = torch.load(shard, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        assert int(state["zero_stage"]) == 2 and set(state["partition_count"]) == {2}
+        local.append(sum(t.numel() for t in state["single_partition_of_fp32_groups"]))
+    assert sum(local) >= hypernetwork and max(local) < 0.6 * hypernetwork
+    # Resuming from checkpoint-2 (DeepSpeed's global_step2/) runs steps 3 and 4 only and repeats them exactly,
+    # AdamW's moments included.
+    resumed_dir = workspace["root"] / "deepspeed_resumed"
+    result = _run([*command, *_train_flags(workspace, resumed_dir, "--resume_from_checkpoint",
+                                           str(output_dir / "checkpoint-2"))], workspace)
+    assert len(re.findall(r"\{'loss': ", result.stdout + result.stderr)) == 2
+    resumed = _losses(resumed_dir)
+    assert resumed[3] == pytest.approx(ddp_losses[3], rel=1e-4) and resumed[4] == pytest.approx(ddp_losses[4], rel=1e-4)
+    assert _hypernetwork_only(resumed_dir)
 
 
 # ---- dry run -----------------------------------------------------------------------------------------------------
