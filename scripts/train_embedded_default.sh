@@ -67,15 +67,7 @@ if [ "$TWO_SEGMENT_CLIPS" -gt 0 ]; then
   OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" -m video2lora.teacher --model "$BASE" \
     --manifest "$DATA/train_two_segment_whole.jsonl" --output "$DATA/train_two_segment_teacher.jsonl" \
     --num_frames 8 --batch_size 64 --top_k_logprobs 8
-  python - "$DATA/train_two_segment_teacher.jsonl" >> "$DATA/train_compose_teacher.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-four = set(sorted({row["video_path"] for row in rows})[::2])
-for row in rows:
-    print(json.dumps({**row, "segments": 2}))
-    if row["video_path"] in four:
-        print(json.dumps({**row, "id": row["id"] + "-s4", "segments": 4}))
-PY
+  python scripts/composition_rows.py "$DATA/train_two_segment_teacher.jsonl" >> "$DATA/train_compose_teacher.jsonl"
 fi
 
 # 4. The hypernetwork (docs/design.md §8: 16 latents of width 128, 2 blocks, rank 8, per-layer heads), 8 videos a step,
