@@ -1394,18 +1394,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
 
-    examples = train_dataset.examples if train_dataset is not None else []
-    record = None
-    if training_args.do_train:
-        record = training_record(model, data_args, training_args, [row for _, rows in examples for row in rows],
-                                 steps=trainer.state.global_step, metrics=metrics,
-                                 base_model_reference=model_args.base_model_reference, init_from=model_args.init_from)
-        if trainer.is_world_process_zero():
-            write_text_atomically(Path(training_args.output_dir) / TRAINING_RECORD_NAME,
-                                   json.dumps(record, indent=2) + "\n")
-    elif model_args.init_from and (Path(model_args.init_from) / TRAINING_RECORD_NAME).is_file():
-        # Pushing a trained checkpoint later (`--init_from RUN --do_train false --push_to_hub`): its own record.
-        record = json.loads((Path(model_args.init_from) / TRAINING_RECORD_NAME).read_text(encoding="utf-8"))
+    # The run's record and the folder whose evaluations its card shows (the main process writes and pushes).
+    record, run_folder = None, Path(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        if training_args.do_train:
+            rows = [row for _, video_rows in train_dataset.examples for row in video_rows]
+            record = training_record(model, data_args, training_args, rows, steps=trainer.state.global_step,
+                                     metrics=metrics, base_model_reference=model_args.base_model_reference,
+                                     init_from=model_args.init_from)
+            write_text_atomically(run_folder / TRAINING_RECORD_NAME, json.dumps(record, indent=2) + "\n")
+        elif model_args.init_from:
+            # Pushing a trained run later (`--init_from RUN --do_train false --push_to_hub`): its record and evaluations.
+            run_folder = Path(model_args.init_from)
+            if (run_folder / TRAINING_RECORD_NAME).is_file():
+                record = json.loads((run_folder / TRAINING_RECORD_NAME).read_text(encoding="utf-8"))
     if push_to_hub and trainer.is_world_process_zero():
         dataset_names = sorted((record or {}).get("data", {}).get("datasets", {}))
         summary = ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items() if k.endswith("loss"))
@@ -1413,8 +1415,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             model, training_args, base_model_reference=model_args.base_model_reference,
             dataset_names=[name for name in dataset_names if "/" in name] or None,
             training_summary=f"Final metrics: {summary}." if summary else None, record=record,
-            evaluations_from=model_args.init_from if not training_args.do_train and model_args.init_from
-            else training_args.output_dir,
+            evaluations_from=run_folder,
         )
         logger.info(f"Pushed the hypernetwork to https://huggingface.co/{repo_id}")
     return metrics

@@ -832,7 +832,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     # The records in manifest order (judge scores included) replace the ones kept as they were scored.
     write_text_atomically(output / RECORDS_NAME,
-                      "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+                          "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     write_text_atomically(output / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     write_text_atomically(output / REPORT_NAME, report)
     print(report)

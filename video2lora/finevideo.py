@@ -55,6 +55,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from .data import write_text_atomically
+
 if TYPE_CHECKING:
     import datasets
 
@@ -937,16 +939,7 @@ def build_finevideo_manifests(
     if val_fraction > 0 and report.videos and not report.videos_per_split["validation"]:
         logger.warning("No video was hashed to validation (val_fraction=%s, %d videos); validation.jsonl is empty",
                        val_fraction, report.videos)
-    report_path = out_dir / REPORT_NAME
-    descriptor, temporary = tempfile.mkstemp(dir=out_dir, prefix=f".{REPORT_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(report.to_dict(), handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        _publish(temporary, report_path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_text_atomically(out_dir / REPORT_NAME, json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return report
 
 
