@@ -55,7 +55,7 @@ from processing_video2lora import Video2LoRAProcessor
 from video2lora.cards import evaluation_fields, find_eval_summaries, render_card, training_data_statistics
 from video2lora.checks import UsageError, check_writable_folder
 from video2lora.data import ManifestError, question_type, read_manifest, write_text_atomically
-from video2lora.video import VideoDecodeError, sample_video, segment_spans, video_duration
+from video2lora.video import VideoDecodeError, place_segment, sample_video, segment_spans, video_duration
 
 logger = hf_logging.get_logger(__name__)
 
@@ -333,7 +333,7 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
 
     def __init__(self, rows: list[dict], frames: datasets.Dataset, keys: list, row_keys: list[tuple],
                  questions_per_video: int, seed: int, type_weights: dict[str, float] | None = None):
-        self.frames = frames
+        self.frames, self.keys = frames, keys
         self.type_weights = type_weights or {}
         index_of_key = {key: i for i, key in enumerate(keys)}
         by_video: dict[tuple[int, ...], list[dict]] = {}
@@ -353,6 +353,11 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         video_indices, rows = self.examples[index]
         contexts = [self._context(i) for i in video_indices]
+        if len(contexts) > 1:  # segments keep their place in the video, as `internalize(segments=k)` gives them
+            spans = [self.keys[i][1] for i in video_indices]
+            for context, span in zip(contexts, spans, strict=True):
+                context["timestamps"], context["duration"] = place_segment(
+                    context["timestamps"], span, (spans[0][0], spans[-1][1]))
         example = contexts[0] if len(contexts) == 1 else {"segments": contexts}
         return {**example, "questions": [{"prompt": row["prompt"], "target": row["target_text"],
                                           "teacher": row.get("teacher_logprobs"), "weight": self._weight(row)}

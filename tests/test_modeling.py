@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -370,6 +371,13 @@ def test_compression_is_exact_while_the_rank_fits_and_optimal_below(make_model, 
     assert Video2LoRAAdapter.from_pretrained(tmp_path / "small").rank == 1
 
 
+def segment_in_place(model, frames, first, stop, frame_rate=1.0):
+    """Frames `first:stop` of a video in memory, sampled alone and stated at their times in the whole video."""
+    sampled = model.processor.sample_video(frames[first:stop], frame_rate=frame_rate)
+    return replace(sampled, timestamps=[first / frame_rate + t for t in sampled.timestamps],
+                   duration=len(frames) / frame_rate)
+
+
 def test_a_rank_bound_keeps_long_videos_small_and_is_exact_while_it_fits(make_model, tmp_path):
     model = make_model()
     perturb_(model)
@@ -381,7 +389,7 @@ def test_a_rank_bound_keeps_long_videos_small_and_is_exact_while_it_fits(make_mo
     bounded = model.internalize(frames, segments=4, max_rank=12)
     assert bounded.rank == 12 and bounded.shared_rank == model.config.lora_r
     averaged = model.internalize(frames, segments=4, compose="average")
-    parts = [model.internalize(frames[i:i + 4]) for i in range(0, 16, 4)]
+    parts = [model.internalize(segment_in_place(model, frames, i, i + 4)) for i in range(0, 16, 4)]
     reference = Video2LoRAAdapter.compose(parts, mode="average")
     torch.testing.assert_close(averaged.scaled_B()["mlp.down_proj"], reference.scaled_B()["mlp.down_proj"])
 
@@ -634,16 +642,21 @@ def test_segments_compose_per_segment_adapters_and_one_segment_is_the_plain_adap
     one = model.internalize(path, segments=1)
     assert all(torch.equal(one.lora_A[k], plain.lora_A[k]) for k in plain.lora_A)
     two = model.internalize(path, segments=2, num_frames=2)
-    halves = [model.internalize(path, start=begin, end=finish, num_frames=2) for begin, finish in ((0, 3), (3, 6))]
-    expected = Video2LoRAAdapter.compose(halves)
+    halves = [model.processor.sample_video(path, start=begin, end=finish, num_frames=2) for begin, finish in ((0, 3), (3, 6))]
+    # Each half is read in its place: the second half's frames are stated at 3 s and later, of a 6 s video.
+    placed = [replace(half, timestamps=[begin + t for t in half.timestamps], duration=6.0)
+              for half, begin in zip(halves, (0.0, 3.0), strict=True)]
+    expected = Video2LoRAAdapter.compose([model.internalize(half) for half in placed])
     assert two.metadata["segments"] == [[0.0, 3.0], [3.0, 6.0]]
     assert all(torch.equal(two.lora_A[k], expected.lora_A[k]) for k in plain.lora_A)
+    out_of_place = Video2LoRAAdapter.compose([model.internalize(half) for half in halves])
+    assert not torch.equal(two.lora_A["mlp.down_proj"], out_of_place.lora_A["mlp.down_proj"])
     assert two.rank == 2 * plain.rank - plain.shared_rank  # the bias block once
     by_seconds = model.internalize(path, segment_seconds=2.5)
     assert by_seconds.metadata["segments"] == [[0.0, 2.5], [2.5, 5.0], [5.0, 6.0]]
     frames = make_frames(12, seed=5)
     in_memory = model.internalize(frames, frame_rate=2.0, segments=3)
-    thirds = [model.internalize(frames[i:i + 4], frame_rate=2.0) for i in (0, 4, 8)]
+    thirds = [model.internalize(segment_in_place(model, frames, i, i + 4, frame_rate=2.0)) for i in (0, 4, 8)]
     torch.testing.assert_close(in_memory.lora_A["mlp.down_proj"],
                                Video2LoRAAdapter.compose(thirds).lora_A["mlp.down_proj"])
     with pytest.raises(ValueError, match="segments or segment_seconds"):

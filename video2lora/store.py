@@ -34,7 +34,7 @@ __all__ = ["DEFAULT_MAX_BYTES", "AdapterStore", "StoreEntry", "default_store_roo
 
 DEFAULT_MAX_BYTES = 10 * 2**30
 # Bumped when what a key covers changes, so old entries simply stop matching.
-_KEY_VERSION = 1
+_KEY_VERSION = 2  # 2: segments are read in their place in the video (`place_segment`)
 
 
 def default_store_root() -> Path:

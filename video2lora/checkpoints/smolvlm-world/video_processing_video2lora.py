@@ -40,8 +40,8 @@ from fractions import Fraction
 import numpy as np
 import PIL.Image
 
-__all__ = ["SampledVideo", "VideoDecodeError", "check_sampling", "sample_indices", "sample_video", "segment_spans",
-           "video_duration"]
+__all__ = ["SampledVideo", "VideoDecodeError", "check_sampling", "place_segment", "sample_indices", "sample_video",
+           "segment_spans", "video_duration"]
 
 _RESAMPLE = PIL.Image.Resampling.BICUBIC
 
@@ -649,3 +649,24 @@ def segment_spans(start: float, end: float, *, segments: int | None = None,
     width = (end - start) / count if segments else segment_seconds
     bounds = [start + index * width for index in range(count)] + [end]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def place_segment(timestamps: Sequence[float], segment: tuple[float, float],
+                  whole: tuple[float, float]) -> tuple[list[float], float]:
+    """
+    A segment's frame times and duration as the whole video's prompt would state them: `timestamps` (seconds from
+    the segment's start, as [`sample_video`] returns them) shifted to seconds from the start of `whole`, and the
+    duration of `whole`. Without this every segment reads as the opening of a short video, so its adapter cannot say
+    where in the video it happened and a composed adapter cannot tell "at the start" from "at the end", or which
+    segment's events came first. Shared by `Video2LoRAModel.internalize` and the trainer's composed examples.
+
+    Args:
+        timestamps: the segment's frame times, from its own start.
+        segment: `(start, end)` seconds of the segment in the file.
+        whole: `(start, end)` seconds of what is being read in segments (the file, or a span of it).
+
+    Returns:
+        `(timestamps, duration)`: frame times from the start of `whole`, and its length.
+    """
+    offset = segment[0] - whole[0]
+    return [offset + time for time in timestamps], whole[1] - whole[0]

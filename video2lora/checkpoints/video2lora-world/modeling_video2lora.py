@@ -36,14 +36,14 @@ try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed
     from .perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from .pipeline_video2lora import TASK, Video2LoRAPipeline
     from .processing_video2lora import Video2LoRAProcessor
-    from .video_processing_video2lora import segment_spans, video_duration
+    from .video_processing_video2lora import place_segment, segment_spans, video_duration
 except ImportError:
     from configuration_video2lora import Video2LoRAConfig
     from families_video2lora import FAMILIES, SMOLVLM, VLMFamily, family_of
     from perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from pipeline_video2lora import TASK, Video2LoRAPipeline
     from processing_video2lora import Video2LoRAProcessor
-    from video_processing_video2lora import segment_spans, video_duration
+    from video_processing_video2lora import place_segment, segment_spans, video_duration
 
 logger = logging.get_logger(__name__)
 
@@ -873,8 +873,9 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         Frames are sampled by `self.processor.sample_video`, with the settings saved in the processor (the same
         sampler the command line, the teacher, the trainer and the evaluation use, so one file gives one adapter).
         A long video is read in segments: each equal, non-overlapping segment is sampled and internalized on its own
-        (one at a time, so memory is that of one segment whatever the video's length) and the segment adapters are
-        composed in rank space ([`Video2LoRAAdapter.compose`]). One segment gives exactly the unsegmented adapter.
+        (one at a time, so memory is that of one segment whatever the video's length), with its frames' times and the
+        duration stated as in the whole video's prompt (`place_segment`), and the segment adapters are composed in
+        rank space ([`Video2LoRAAdapter.compose`]). One segment gives exactly the unsegmented adapter.
 
         Args:
             video: what to read; a `SampledVideo` is used as it is (and cannot be segmented).
@@ -904,7 +905,9 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 rate = frame_rate or 1.0
                 sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
                                                  num_frames=num_frames)
-            part = self._internalize_frames(sampled, instruction)
+            # Each segment keeps its place: its frames' times and the duration are the whole video's.
+            timestamps, duration = place_segment(sampled.timestamps, (begin, finish), (spans[0][0], spans[-1][1]))
+            part = self._internalize_frames(replace(sampled, timestamps=timestamps, duration=duration), instruction)
             # A running sum: no more than one segment's adapter is held besides it, and with `max_rank` the sum
             # itself stays bounded, whatever the number of segments.
             adapter = part if adapter is None else Video2LoRAAdapter.compose([adapter, part])
