@@ -17,7 +17,7 @@ w() { python -m video2lora.world --out "$DATA" --no-progress "$@"; }
 [ -f "$DATA/train_order.jsonl" ] || w --split train --num-clips 1000 --seed-offset 18000 --require-question-type order --manifest-name train_order.jsonl
 [ -f "$DATA/train_two_segment.jsonl" ] || w --split train --num-clips 2500 --two-segment
 [ -f "$DATA/test.jsonl" ] || w --split test --num-clips 400
-[ -f "$DATA/test_two_segment.jsonl" ] || w --split test --num-clips 60 --two-segment
+[ -f "$DATA/test_two_segment.jsonl" ] || w --split test --num-clips 400 --two-segment
 cat "$DATA/train.jsonl" "$DATA/train_order.jsonl" > "$DATA/train_all.jsonl"
 python - "$DATA/train_two_segment.jsonl" "$DATA/train_two_segment_whole.jsonl" <<'PY'
 import json, sys

@@ -50,7 +50,7 @@ with open(sys.argv[2], "w") as out:
 PY
 fi
 [ -f "$DATA/test.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 400 --no-progress
-[ -f "$DATA/test_two_segment.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 60 \
+[ -f "$DATA/test_two_segment.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 400 \
   --two-segment --no-progress
 
 # 3. Teacher targets: the base's own greedy answers with the video in context, and its top-8 log-probs per answer
