@@ -357,7 +357,7 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
             spans = [self.keys[i][1] for i in video_indices]
             for context, span in zip(contexts, spans, strict=True):
                 context["timestamps"], context["duration"] = place_segment(
-                    context["timestamps"], span, (spans[0][0], spans[-1][1]))
+                    context["timestamps"], span[0], (spans[0][0], spans[-1][1]))
         example = contexts[0] if len(contexts) == 1 else {"segments": contexts}
         return {**example, "questions": [{"prompt": row["prompt"], "target": row["target_text"],
                                           "teacher": row.get("teacher_logprobs"), "weight": self._weight(row)}

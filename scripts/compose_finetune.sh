@@ -19,12 +19,7 @@ w() { python -m video2lora.world --out "$DATA" --no-progress "$@"; }
 [ -f "$DATA/test.jsonl" ] || w --split test --num-clips 400
 [ -f "$DATA/test_two_segment.jsonl" ] || w --split test --num-clips 400 --two-segment
 cat "$DATA/train.jsonl" "$DATA/train_order.jsonl" > "$DATA/train_all.jsonl"
-python - "$DATA/train_two_segment.jsonl" "$DATA/train_two_segment_whole.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-with open(sys.argv[2], "w") as out:
-    out.writelines(json.dumps(row) + "\n" for row in rows if row["metadata"]["segment"] == "whole")
-PY
+python scripts/composition_rows.py --whole "$DATA/train_two_segment.jsonl" > "$DATA/train_two_segment_whole.jsonl"
 echo "teacher start $(date)"
 torchrun --nproc_per_node 2 -m video2lora.teacher --model "$BASE" --manifest "$DATA/train_all.jsonl" \
   --output "$DATA/train_teacher.jsonl" --num_frames 4 --batch_size 64 --top_k_logprobs 8 --no_progress

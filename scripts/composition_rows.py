@@ -1,16 +1,28 @@
-"""Print the composition rows of a two-segment clip teacher manifest (JSONL on stdout): every whole-clip row read as
-2 segments, and the rows of every other clip also as 4 segments (ids suffixed `-s4`). Used by
-scripts/train_embedded_default.sh and scripts/compose_finetune.sh.
+"""Rows of a two-segment clip manifest for composition training (JSONL on stdout).
 
+`--whole` prints its whole-clip rows, the ones the teacher answers reading the whole clip. Otherwise, given the
+teacher's answers to those, it prints every row read as 2 segments, and the rows of every other clip also as 4
+segments (ids suffixed `-s4`). Used by scripts/train_embedded_default.sh and scripts/compose_finetune.sh.
+
+    python scripts/composition_rows.py --whole data/world/train_two_segment.jsonl > data/world/train_two_segment_whole.jsonl
     python scripts/composition_rows.py data/world/train_two_segment_teacher.jsonl >> data/world/train_compose_teacher.jsonl
 """
 
+import argparse
 import json
-import sys
 
-rows = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
-four = set(sorted({row["video_path"] for row in rows})[::2])
-for row in rows:
-    print(json.dumps({**row, "segments": 2}))
-    if row["video_path"] in four:
-        print(json.dumps({**row, "id": row["id"] + "-s4", "segments": 4}))
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("manifest")
+parser.add_argument("--whole", action="store_true", help="print the whole-clip rows only")
+args = parser.parse_args()
+rows = [json.loads(line) for line in open(args.manifest, encoding="utf-8")]
+if args.whole:
+    for row in rows:
+        if row["metadata"]["segment"] == "whole":
+            print(json.dumps(row))
+else:
+    four = set(sorted({row["video_path"] for row in rows})[::2])
+    for row in rows:
+        print(json.dumps({**row, "segments": 2}))
+        if row["video_path"] in four:
+            print(json.dumps({**row, "id": row["id"] + "-s4", "segments": 4}))

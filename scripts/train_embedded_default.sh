@@ -42,12 +42,7 @@ TWO_SEGMENT_CLIPS=${TWO_SEGMENT_CLIPS:-3000}
 if [ "$TWO_SEGMENT_CLIPS" -gt 0 ]; then
   [ -f "$DATA/train_two_segment.jsonl" ] || python -m video2lora.world --out "$DATA" --split train \
     --num-clips "$TWO_SEGMENT_CLIPS" --two-segment --no-progress
-  python - "$DATA/train_two_segment.jsonl" "$DATA/train_two_segment_whole.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-with open(sys.argv[2], "w") as out:
-    out.writelines(json.dumps(row) + "\n" for row in rows if row["metadata"]["segment"] == "whole")
-PY
+  python scripts/composition_rows.py --whole "$DATA/train_two_segment.jsonl" > "$DATA/train_two_segment_whole.jsonl"
 fi
 [ -f "$DATA/test.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 400 --no-progress
 [ -f "$DATA/test_two_segment.jsonl" ] || python -m video2lora.world --out "$DATA" --split test --num-clips 400 \

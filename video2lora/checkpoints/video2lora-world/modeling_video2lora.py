@@ -906,7 +906,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
                                                  num_frames=num_frames)
             # Each segment keeps its place: its frames' times and the duration are the whole video's.
-            timestamps, duration = place_segment(sampled.timestamps, (begin, finish), (spans[0][0], spans[-1][1]))
+            timestamps, duration = place_segment(sampled.timestamps, begin, (spans[0][0], spans[-1][1]))
             part = self._internalize_frames(replace(sampled, timestamps=timestamps, duration=duration), instruction)
             # A running sum: no more than one segment's adapter is held besides it, and with `max_rank` the sum
             # itself stays bounded, whatever the number of segments.

@@ -651,7 +651,7 @@ def segment_spans(start: float, end: float, *, segments: int | None = None,
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def place_segment(timestamps: Sequence[float], segment: tuple[float, float],
+def place_segment(timestamps: Sequence[float], segment_start: float,
                   whole: tuple[float, float]) -> tuple[list[float], float]:
     """
     A segment's frame times and duration as the whole video's prompt would state them: `timestamps` (seconds from
@@ -662,11 +662,11 @@ def place_segment(timestamps: Sequence[float], segment: tuple[float, float],
 
     Args:
         timestamps: the segment's frame times, from its own start.
-        segment: `(start, end)` seconds of the segment in the file.
+        segment_start: the second of the file at which the segment starts.
         whole: `(start, end)` seconds of what is being read in segments (the file, or a span of it).
 
     Returns:
         `(timestamps, duration)`: frame times from the start of `whole`, and its length.
     """
-    offset = segment[0] - whole[0]
+    offset = segment_start - whole[0]
     return [offset + time for time in timestamps], whole[1] - whole[0]
