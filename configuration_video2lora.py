@@ -28,6 +28,7 @@ _TARGET_MODULE_DIMS = {
     "self_attn.o_proj": lambda c: (c.num_attention_heads * _head_dim(c), c.hidden_size),
 }
 HEAD_TYPES = ("per_layer", "shared")
+SEGMENT_COMPOSITIONS = ("concat", "latents")
 DEFAULT_INSTRUCTION = "Internalize this video for later captioning."
 
 
@@ -95,6 +96,12 @@ class Video2LoRAConfig(PreTrainedConfig):
             perceiver knows which frame a visual token came from only through what the base wrote into its states;
             with it, temporal facts (which way an object moves, what happens first) can be read off positions. The
             published perceiver has none. Turning it on for a trained checkpoint changes nothing until it trains.
+        segment_composition (`str`, *optional*, defaults to `"concat"`):
+            How the segments of a long video become one adapter, in `internalize(segments=k)` and in training.
+            `"concat"` internalizes each segment on its own and stacks the adapters' ranks (the rank grows with k;
+            see `Video2LoRAAdapter.compose`). `"latents"` stacks the segments' perceiver latents instead and decodes
+            them once, so the output queries attend over every segment together and the adapter keeps its rank
+            whatever k is. Single clips are unaffected, so it can be switched on for a trained checkpoint.
         instruction (`str`, *optional*, defaults to `"Internalize this video for later captioning."`):
             Text placed after the frames when the base encodes a video.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -127,6 +134,7 @@ class Video2LoRAConfig(PreTrainedConfig):
     head_type: str = "per_layer"
     use_layer_embedding: bool = False
     use_context_positions: bool = False
+    segment_composition: str = "concat"
     instruction: str = DEFAULT_INSTRUCTION
     initializer_range: float = 0.02
     kl_weight: float = 0.0
@@ -154,6 +162,8 @@ class Video2LoRAConfig(PreTrainedConfig):
                  f"({self.num_attention_heads}).")
         if self.head_type not in HEAD_TYPES:
             fail(f"`head_type` must be one of {HEAD_TYPES}, got {self.head_type!r}.")
+        if self.segment_composition not in SEGMENT_COMPOSITIONS:
+            fail(f"`segment_composition` must be one of {SEGMENT_COMPOSITIONS}, got {self.segment_composition!r}.")
         if not self.target_modules or len(set(self.target_modules)) != len(self.target_modules):
             fail(f"`target_modules` must be a non-empty list without repeats, got {self.target_modules!r}.")
         unknown = [name for name in self.target_modules if name not in _TARGET_MODULE_DIMS]

@@ -492,6 +492,28 @@ class Video2LoRAOutput(ModelOutput):
     adapter: Video2LoRAAdapter | None = None
 
 
+def stack_segment_latents(latents: torch.Tensor,
+                          groups: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    Put each video's segment latents side by side: `[C, L, n, d]` with `groups[c]` the video of context `c` ->
+    `[G, L, most * n, d]` (segments in their order, videos with fewer segments padded) and the padding mask
+    `[G, most * n]` (True = real; `None` when no video is padded), for `PerceiverHypernetwork.decode`.
+    """
+    groups = [int(g) for g in groups]
+    members = [[row for row, group in enumerate(groups) if group == g] for g in range(max(groups) + 1)]
+    if len(groups) != len(latents) or not all(members):
+        raise ValueError(f"groups must give each of the {len(latents)} contexts a video 0..G-1, none empty; "
+                         f"got {groups}.")
+    most, num_latents = max(map(len, members)), latents.shape[2]
+    # Context index per (video, segment); index C is an all-zero segment, the padding, which the mask hides.
+    index = torch.tensor([rows + [len(latents)] * (most - len(rows)) for rows in members], device=latents.device)
+    padded = torch.cat([latents, latents.new_zeros(1, *latents.shape[1:])])
+    stacked = padded[index].permute(0, 2, 1, 3, 4).flatten(2, 3)  # [G, most, L, n, d] -> [G, L, most * n, d]
+    if all(len(rows) == most for rows in members):
+        return stacked, None
+    return stacked, (index < len(latents)).repeat_interleave(num_latents, dim=1)  # [G, most * n]
+
+
 def student_loss(logits: torch.Tensor, labels: torch.Tensor, *, teacher_top_ids: torch.Tensor | None = None,
                  teacher_top_logprobs: torch.Tensor | None = None, teacher_mask: torch.Tensor | None = None,
                  answer_weights: torch.Tensor | None = None, kl_weight: float = 0.0,
@@ -848,10 +870,24 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         return BaseModelOutputWithPooling(pooler_output=[torch.cat(parts) for parts in per_video])
 
     def generate_adapter(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                         context_video_index: torch.Tensor | Sequence[int] | None = None,
                          **vision_inputs: torch.Tensor | None) -> Video2LoRAAdapter:
-        """One adapter per video of the batch; the inputs are what the processor returns for frames + instruction."""
-        latents = self.encode_context(input_ids, attention_mask, **vision_inputs)
-        lora = self.hypernetwork.decode(latents)
+        """
+        One adapter per video of the batch; the inputs are what the processor returns for frames + instruction.
+
+        With `context_video_index` (`[C]`, which video each context is a segment of), the contexts are segments and
+        one adapter per video comes back, composed as `config.segment_composition` says, exactly as
+        `internalize(segments=k)` composes them.
+        """
+        latents = self.encode_context(input_ids, attention_mask, **vision_inputs)  # [C, L, n, d]
+        if context_video_index is None:
+            return self._decode(latents)
+        if self.config.segment_composition == "latents":
+            return self._decode(*stack_segment_latents(latents, context_video_index))
+        return self._decode(latents).compose_groups(context_video_index)
+
+    def _decode(self, latents: torch.Tensor, latents_mask: torch.Tensor | None = None) -> Video2LoRAAdapter:
+        lora = self.hypernetwork.decode(latents, latents_mask)
         return Video2LoRAAdapter(
             lora_A={name: a for name, (a, _) in lora.items()}, lora_B={name: b for name, (_, b) in lora.items()},
             scale=float(self.config.lora_scale), base_model_name_or_path=self.base_model_reference,
@@ -864,7 +900,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
     @torch.no_grad()
     def internalize(self, video, *, start: float | None = None, end: float | None = None,
                     frame_rate: float | None = None, num_frames: int | None = None, segments: int | None = None,
-                    segment_seconds: float | None = None, compose: str = "concat", max_rank: int | None = None,
+                    segment_seconds: float | None = None, compose: str | None = None, max_rank: int | None = None,
                     instruction: str | None = None) -> Video2LoRAAdapter:
         """
         The one-call path: a video file, a uint8 array `[T, H, W, 3]`, a list of PIL images or a `SampledVideo` -> one
@@ -872,10 +908,11 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
 
         Frames are sampled by `self.processor.sample_video`, with the settings saved in the processor (the same
         sampler the command line, the teacher, the trainer and the evaluation use, so one file gives one adapter).
-        A long video is read in segments: each equal, non-overlapping segment is sampled and internalized on its own
-        (one at a time, so memory is that of one segment whatever the video's length), with its frames' times and the
-        duration stated as in the whole video's prompt (`place_segment`), and the segment adapters are composed in
-        rank space ([`Video2LoRAAdapter.compose`]). One segment gives exactly the unsegmented adapter.
+        A long video is read in segments: each equal, non-overlapping segment is sampled and read by the base on its
+        own (one at a time, so memory is that of one segment whatever the video's length), with its frames' times and
+        the duration stated as in the whole video's prompt (`place_segment`). The segments then become one adapter:
+        their perceiver latents decoded together (`"latents"`), or their adapters composed in rank space
+        ([`Video2LoRAAdapter.compose`]). One segment gives exactly the unsegmented adapter.
 
         Args:
             video: what to read; a `SampledVideo` is used as it is (and cannot be segmented).
@@ -884,9 +921,11 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             num_frames: overrides the processor's `video_sampling["max_frames"]` (per segment).
             segments: cut the video (or span) into this many equal segments.
             segment_seconds: or into segments of about this length (the last one may be shorter).
-            compose: how segment adapters combine: `"concat"` or `"average"`.
-            max_rank: keep the composed adapter at most this rank ([`Video2LoRAAdapter.compress`] after each segment;
-                exact while the rank fits), e.g. a serving engine's maximum LoRA rank.
+            compose: how segments combine: `"latents"` (one decode over every segment's latents; the rank stays),
+                `"concat"` (their adapters' ranks stacked) or `"average"` (stacked, each scaled by 1/k). Defaults to
+                `config.segment_composition`, the way the hypernetwork was trained to compose.
+            max_rank: keep the composed adapter at most this rank ([`Video2LoRAAdapter.compress`]; exact while the
+                rank fits), e.g. a serving engine's maximum LoRA rank.
             instruction: overrides `config.instruction`.
         """
         processor = self._require_processor()
@@ -894,10 +933,11 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         if spans is None:
             sampled = processor.sample_video(video, start=start, end=end, frame_rate=frame_rate,
                                              num_frames=num_frames)
-            return self._internalize_frames(sampled, instruction)
-        if compose not in ("concat", "average"):
-            raise ValueError(f"compose must be 'concat' or 'average', got {compose!r}.")
-        adapter = None
+            return self._decode(self._encode_frames(sampled, instruction)).detach()
+        compose = compose or self.config.segment_composition
+        if compose not in ("latents", "concat", "average"):
+            raise ValueError(f"compose must be 'latents', 'concat' or 'average', got {compose!r}.")
+        adapter, latents = None, []
         for begin, finish in spans:
             if isinstance(video, (str, os.PathLike)):
                 sampled = processor.sample_video(video, start=begin, end=finish, num_frames=num_frames)
@@ -907,28 +947,38 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                                                  num_frames=num_frames)
             # Each segment keeps its place: its frames' times and the duration are the whole video's.
             timestamps, duration = place_segment(sampled.timestamps, begin, (spans[0][0], spans[-1][1]))
-            part = self._internalize_frames(replace(sampled, timestamps=timestamps, duration=duration), instruction)
+            segment_latents = self._encode_frames(replace(sampled, timestamps=timestamps, duration=duration),
+                                                  instruction)  # [1, L, n, d]
+            if compose == "latents":  # a segment's latents are small (L x n x d), its hidden states are not kept
+                latents.append(segment_latents)
+                continue
             # A running sum: no more than one segment's adapter is held besides it, and with `max_rank` the sum
             # itself stays bounded, whatever the number of segments.
+            part = self._decode(segment_latents)
             adapter = part if adapter is None else Video2LoRAAdapter.compose([adapter, part])
             if max_rank is not None:
                 adapter = adapter.compress(max_rank)
-        if compose == "average":  # the sum's video-dependent part, divided by the number of segments
+        if compose == "latents":
+            adapter = self._decode(torch.cat(latents, dim=2))  # [1, L, k n, d]: every segment, decoded at once
+            if max_rank is not None:
+                adapter = adapter.compress(max_rank)
+        elif compose == "average":  # the sum's video-dependent part, divided by the number of segments
             own = adapter.rank - adapter.shared_rank
             adapter = replace(adapter, lora_A=dict(adapter.lora_A), scale=1.0, lora_B={
                 name: torch.cat([b[..., :own] / len(spans), b[..., own:]], dim=3)
                 for name, b in adapter.scaled_B().items()})
         adapter.metadata = {**adapter.metadata, "segments": [[begin, finish] for begin, finish in spans],
                             "composed": {"mode": compose, "parts": len(spans)}}
-        return adapter
+        return adapter.detach()
 
-    def _internalize_frames(self, sampled, instruction: str | None) -> Video2LoRAAdapter:
+    def _encode_frames(self, sampled, instruction: str | None) -> torch.Tensor:
+        """Sampled frames -> the perceiver's latents `[1, L, n, d]` for them."""
         processor = self._require_processor()
         inputs = processor.encode_videos([sampled.frames], instruction or self.config.instruction,
                                          timestamps=[sampled.timestamps], durations=[sampled.duration])
         inputs = inputs.to(self.vlm.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
-        return self.generate_adapter(**inputs).detach()
+        return self.encode_context(**inputs)
 
     def _segment_spans(self, video, start, end, frame_rate, segments, segment_seconds):
         """`(start, end)` seconds of each segment, or `None` for one unsegmented read."""
@@ -1028,8 +1078,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             adapter: adapters already generated (skips the context inputs).
             adapter_index: `[B]` which video each text row belongs to, so one video can serve many questions.
             context_video_index: `[C]` which video each context is a segment of, when videos come in segments: the
-                segments' adapters are composed into one per video ([`Video2LoRAAdapter.compose_groups`]), as
-                `internalize(segments=k)` composes them, and `adapter_index` then counts videos, not contexts.
+                segments become one adapter per video as `internalize(segments=k)` makes it (`generate_adapter`),
+                and `adapter_index` then counts videos, not contexts.
             teacher_top_ids, teacher_top_logprobs: `[B, S, k]` the teacher's top-k at each labelled position.
             teacher_mask: `[B, S]` positions that have a teacher distribution.
             answer_weights: `[B]` loss weight of every token of each row; the normalizer stays the token count.
@@ -1041,10 +1091,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 raise ValueError("forward needs the video context (`context_input_ids`, ...) or an `adapter`.")
             if pixel_values is not None:
                 pixel_values = pixel_values.to(self.vlm.dtype)  # collators build float32 pixels; the base may be bf16
-            adapter = self.generate_adapter(context_input_ids, context_attention_mask, pixel_values=pixel_values,
-                                            pixel_attention_mask=pixel_attention_mask)
-            if context_video_index is not None:
-                adapter = adapter.compose_groups(context_video_index)
+            adapter = self.generate_adapter(context_input_ids, context_attention_mask, context_video_index,
+                                            pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask)
         rows = adapter if adapter_index is None else adapter[adapter_index]
         with self.apply_adapter(rows):
             # No cache: a training pass never reuses one (and a checkpointed layer must not write one).

@@ -75,9 +75,10 @@ TRAINING_DEFAULTS = {
 HYPERNETWORK_FIELDS = ("lora_r", "lora_scale", "target_modules", "use_bias_block", "latent_size", "num_latents",
                        "num_blocks", "num_attention_heads", "mlp_ratio", "input_projection_size",
                        "share_context_kv", "head_type", "use_layer_embedding", "use_context_positions",
-                       "instruction")
-# Settings that `--init_from` may turn on: their new weights start as a no-op, so the checkpoint's function is kept.
-GROWABLE_FIELDS = ("use_context_positions",)
+                       "segment_composition", "instruction")
+# Settings that `--init_from` may change: they add no weights or only ones that start as a no-op, so the checkpoint's
+# function on single clips is kept.
+GROWABLE_FIELDS = ("use_context_positions", "segment_composition")
 
 
 class TrainingSetupError(ValueError):
@@ -117,6 +118,9 @@ class ModelArguments:
     use_layer_embedding: bool | None = field(default=None, metadata={"help": "Learned per-layer latent embedding."})
     use_context_positions: bool | None = field(default=None, metadata={
         "help": "Sinusoidal context positions through a zero-initialized projection; may be added with --init_from."})
+    segment_composition: str | None = field(default=None, metadata={
+        "help": "How a video's segments become one adapter: concat (rank space) or latents (one decode over every "
+                "segment's latents); may be changed with --init_from."})
     instruction: str | None = field(default=None, metadata={"help": "Text after the frames when reading a video."})
     dry_run: bool = field(default=False, metadata={
         "help": "Build the full-size base and hypernetwork on the meta device, print their parameters, the optimizer "

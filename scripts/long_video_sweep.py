@@ -6,7 +6,8 @@ up to one appear / disappear / colour-change event per training-clip length, so 
 three harder kinds of training-length scene: 4 objects, 2 events, and 8 steps. For each, `video2lora eval` scores
 Base reading the whole clip with one frame per key step (every step shown; 64 frames of 16 tokens plus their
 timestamps fit the tiny base's 4,096 positions at 16x) against V2L internalizing it in segments of a training clip's
-length (4 frames each), composed by `--compose`, and Blind. Every evaluation resumes when rerun.
+length (4 frames each), composed by `--compose` (default: the way the model was trained to compose, its
+`segment_composition`), and Blind. Every evaluation resumes when rerun; `--jobs 2` runs two at a time.
 
     python scripts/long_video_sweep.py --model video2lora/checkpoints/video2lora-world --out runs/sweep \\
         --results docs/long_video_sweep
@@ -21,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 STEPS_PER_TRAINING_CLIP = 4  # the embedded default's clips: 4 key steps, read at 4 frames
@@ -42,9 +44,10 @@ def variants() -> list[dict]:
     return rows
 
 
-def run(command: list[str]) -> None:
+def run(command: list[str], threads: int | None = None) -> None:
     print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    subprocess.run(command, check=True, env=env)
 
 
 def evaluate(variant: dict, args: argparse.Namespace) -> dict:
@@ -55,13 +58,14 @@ def evaluate(variant: dict, args: argparse.Namespace) -> dict:
         # Seeds past the test clips the README's tables use, so these clips are new to every evaluation.
         run([sys.executable, "-m", "video2lora.world", "--out", str(manifest.parent), "--split", "test",
              "--num-clips", str(args.clips), "--seed-offset", str(args.seed_offset), "--num-steps",
-             str(variant["steps"]), *variant["world"], "--manifest-name", manifest.name, "--no-progress"])
-    output = args.out / (args.name or Path(args.model).name) / args.compose / stem
+             str(variant["steps"]), *variant["world"], "--manifest-name", manifest.name, "--no-progress"],
+            args.threads)
+    output = args.out / (args.name or Path(args.model).name) / (args.compose or "default") / stem
     command = [sys.executable, "-m", "video2lora.cli", "eval", "--manifest", str(manifest), "--model", args.model,
                "--num_frames", str(STEPS_PER_TRAINING_CLIP), "--segments", str(variant["segments"]),
-               "--compose", args.compose, "--output_dir", str(output)]
+               *(["--compose", args.compose] if args.compose else []), "--output_dir", str(output)]
     if not (output / "summary.json").is_file():
-        run(command + (["--resume"] if (output / "records.jsonl").is_file() else []))
+        run(command + (["--resume"] if (output / "records.jsonl").is_file() else []), args.threads)
     summary = json.loads((output / "summary.json").read_text())
     groups = summary["groups"]
     scores = {"all QA": groups["qa"]}
@@ -124,11 +128,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="prefix of the .json, .md and .png written")
     parser.add_argument("--clips", type=int, default=40, help="held-out clips per kind")
     parser.add_argument("--seed-offset", type=int, default=1000)
-    parser.add_argument("--compose", choices=("concat", "average"), default="concat")
+    parser.add_argument("--compose", choices=("latents", "concat", "average"), default=None,
+                        help="how V2L's segments combine (default: the model's segment_composition)")
     parser.add_argument("--name", default=None, help="folder of this model's evaluations under --out "
                                                        "(default: the model folder's name)")
+    parser.add_argument("--jobs", type=int, default=1, help="evaluations run at once, each on its own thread budget")
     args = parser.parse_args(argv)
-    results = [evaluate(variant, args) for variant in variants()]
+    config = Path(args.model) / "config.json"
+    if args.compose is None and config.is_file():  # a Hub id leaves it to the model (`video2lora eval`'s default)
+        args.compose = json.loads(config.read_text()).get("segment_composition", "concat")
+    # Jobs split the machine's cores between them rather than each taking all of them.
+    args.threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda variant: evaluate(variant, args), variants()))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": args.model, "clips_per_kind": args.clips, "seed_offset": args.seed_offset,
               "compose": args.compose, "results": results}

@@ -394,6 +394,54 @@ def test_a_rank_bound_keeps_long_videos_small_and_is_exact_while_it_fits(make_mo
     torch.testing.assert_close(averaged.scaled_B()["mlp.down_proj"], reference.scaled_B()["mlp.down_proj"])
 
 
+def test_latent_composition_decodes_every_segment_at_once_and_keeps_the_rank(make_model):
+    """`segment_composition="latents"`: the segments' latents, read in place, side by side through one decode."""
+    model = make_model(segment_composition="latents")
+    perturb_(model)
+    frames = make_frames(16, seed=6)
+    composed = model.internalize(frames, segments=4)
+    assert composed.rank == model.config.effective_rank  # whatever the number of segments
+    assert composed.metadata["composed"] == {"mode": "latents", "parts": 4}
+
+    def latents(sampled):
+        inputs = model.processor.encode_videos([sampled.frames], INSTRUCTION, timestamps=[sampled.timestamps],
+                                               durations=[sampled.duration])
+        return model.encode_context(**inputs)  # [1, L, n, d]
+
+    parts = [latents(segment_in_place(model, frames, i, i + 4)) for i in range(0, 16, 4)]
+    expected = model.hypernetwork.decode(torch.cat(parts, dim=2))["mlp.down_proj"]
+    torch.testing.assert_close(composed.lora_A["mlp.down_proj"], expected[0])
+    torch.testing.assert_close(composed.lora_B["mlp.down_proj"], expected[1])
+    # The decode reads a set: which segment came first is told by the times each was read at, not by its slot.
+    swapped = model.hypernetwork.decode(torch.cat(parts[::-1], dim=2))["mlp.down_proj"]
+    torch.testing.assert_close(swapped[0], expected[0], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(parts[0], parts[-1])
+    # Rank-space composition stays on offer.
+    concat = model.internalize(frames, segments=4, compose="concat")
+    assert concat.rank == 4 * model.config.lora_r + model.config.lora_r
+    assert model.internalize(frames, segments=1).rank == composed.rank
+
+
+def test_latent_composition_of_a_batch_masks_the_padding_of_shorter_videos(make_model, processor):
+    """What the trainer composes with `segment_composition="latents"`: videos of 2, 1 and 2 segments in one batch,
+    each the decode of its own segments' latents, a one-segment video exactly its plain adapter."""
+    model = make_model(segment_composition="latents")
+    perturb_(model)
+    inputs = context(processor, 2, 2, 2, 2, 2)
+    grouped = model.generate_adapter(**inputs, context_video_index=torch.tensor([0, 0, 1, 2, 2]))
+    assert len(grouped) == 3 and grouped.rank == model.config.effective_rank
+    latents = model.encode_context(**inputs)
+    for video, rows in enumerate(([0, 1], [2], [3, 4])):
+        stacked = torch.cat([latents[row:row + 1] for row in rows], dim=2)
+        a, b = model.hypernetwork.decode(stacked)["mlp.down_proj"]
+        torch.testing.assert_close(grouped.lora_A["mlp.down_proj"][video], a[0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(grouped.lora_B["mlp.down_proj"][video], b[0], atol=1e-6, rtol=1e-5)
+    grouped.lora_B["mlp.down_proj"].sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.hypernetwork.parameters())
+    with pytest.raises(ValueError, match="none empty"):
+        model.generate_adapter(**inputs, context_video_index=[0, 0, 2, 2, 2])
+
+
 def test_adapter_for_another_base_is_refused(make_model, processor, tmp_path, base_config):
     model = make_model()
     other_config = SmolVLMConfig(**{**base_config.to_dict(), "text_config": {

@@ -56,6 +56,9 @@ def test_the_key_follows_content_model_and_settings(model, make_model, clips, tm
     assert store.key("a" * 64, identity, model.processor.sampling_kwargs(2)) != base  # other frames
     assert store.key("a" * 64, identity, sampling, start=1.0) != base  # a span
     assert store.key("a" * 64, identity, sampling, segments=2) != base
+    composing_latents = make_model(segment_composition="latents")  # the same weights, composed another way
+    assert store.key("a" * 64, store.model_identity(composing_latents, "m"), sampling, segments=2) != store.key(
+        "a" * 64, store.model_identity(make_model(), "m"), sampling, segments=2)
     retrained = make_model(seed=5)
     perturb_(retrained, seed=7)
     assert store.key("a" * 64, store.model_identity(retrained, "m"), sampling) != base  # retrained in place

@@ -457,11 +457,13 @@ def test_decoding_in_workers_gives_the_same_examples_as_the_cached_table(workspa
     assert sum(1 for _ in loader) == len(built[True])  # worker processes decode it too
 
 
-def test_segmented_rows_train_the_adapter_that_internalize_composes(small_trainer, workspace):
-    """A row with `segments: 2` trains on the composition of its halves' adapters, the very adapter
-    `internalize(segments=2)` gives at inference; in one batch with an unsegmented video."""
+@pytest.mark.parametrize("composition", ["concat", "latents"])
+def test_segmented_rows_train_the_adapter_that_internalize_composes(small_trainer, workspace, composition):
+    """A row with `segments: 2` trains on the composition of its halves, the very adapter `internalize(segments=2)`
+    gives at inference, whichever way the model composes; in one batch with an unsegmented video."""
     trainer, plain_dataset, collator = small_trainer
     model = trainer.model
+    model.config.segment_composition = composition
     rows = [json.loads(line) for line in workspace["manifest"].read_text().splitlines()]
     manifest = workspace["root"] / "segmented.jsonl"
     write_manifest(manifest, [{**rows[0], "segments": 2}, rows[-1], {**rows[0], "id": "bad", "segments": 0}])

@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--segments", type=positive_int, default=1,
                           help="V2L composes one adapter per equal segment of each video (each from --num_frames "
                                "frames); Base then sees num_frames x segments frames of the whole video")
-    evaluate.add_argument("--compose", choices=("concat", "average"), default="concat",
-                          help="how segment adapters combine with --segments > 1 (default: concat)")
+    evaluate.add_argument("--compose", choices=("latents", "concat", "average"), default=None,
+                          help="how segments combine with --segments > 1 (default: the model's segment_composition)")
     evaluate.add_argument("--max_rank", type=positive_int, default=None,
                           help="compress composed adapters to at most this rank (truncated SVD)")
     evaluate.add_argument("--batch_size", type=positive_int, default=16, help="questions per generate call")
@@ -782,6 +782,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if done:
         print(f"resuming: {len(done)} rows already scored in {output / RECORDS_NAME}", file=sys.stderr)
     model = _load_model(args.model)
+    compose = args.compose or model.config.segment_composition
     judge = Judge(args.judge) if args.judge else None
 
     def shareable(record: dict[str, Any]) -> dict[str, Any]:
@@ -810,7 +811,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.where:
         summary["where"] = dict(args.where)
     if args.segments > 1:
-        summary["composition"] = {"segments": args.segments, "mode": args.compose}
+        summary["composition"] = {"segments": args.segments, "mode": compose}
         if args.max_rank is not None:
             summary["composition"]["max_rank"] = args.max_rank
     base_tokens = sum(record["visual_tokens"]["base"] for record in records) / len(records)
@@ -827,7 +828,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"\nVisual tokens per query: Base {base_tokens:g}, V2L 0, Blind 0.\n"
     )
     if args.segments > 1:
-        report += (f"\nV2L: {args.segments} segment adapters per video, composed by {args.compose}; Base: the whole "
+        report += (f"\nV2L: {args.segments} segment adapters per video, composed by {compose}; Base: the whole "
                    f"video in context, {args.segments} x the frames of one segment.\n")
 
     # The records in manifest order (judge scores included) replace the ones kept as they were scored.

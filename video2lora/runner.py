@@ -255,7 +255,7 @@ def _scores(row: Mapping[str, Any], answer: str) -> dict[str, float]:
 
 def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_frames: int | None = None,
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, judge: Judge | None = None,
-             segments: int = 1, compose: str = "concat", max_rank: int | None = None, progress: bool = True,
+             segments: int = 1, compose: str | None = None, max_rank: int | None = None, progress: bool = True,
              done: Mapping[str, dict[str, Any]] | None = None,
              on_scored: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """
@@ -276,7 +276,8 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
         segments: with more than one, V2L's adapter is the composition of one adapter per equal segment of the video,
             each made from `num_frames` frames, while Base sees `num_frames x segments` frames of the whole: the
             same frame budget, in one context against in separate adapters.
-        compose: how segment adapters combine: `"concat"` (ranks add up) or `"average"` (rank kept).
+        compose: how segments combine: `"latents"`, `"concat"` or `"average"` (`Video2LoRAModel.internalize`);
+            defaults to the model's `config.segment_composition`.
         max_rank: compress composed adapters to at most this rank ([`Video2LoRAAdapter.compress`]).
         progress: show progress bars.
         done: records already scored by an interrupted run, by row id; their videos are not evaluated again.

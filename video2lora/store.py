@@ -98,7 +98,7 @@ class AdapterStore:
 
         return {"reference": reference, "revision": getattr(model.config, "_commit_hash", None),
                 "weights": weights_fingerprint(model.hypernetwork), "base": model.fingerprint,
-                "instruction": model.config.instruction}
+                "instruction": model.config.instruction, "segment_composition": model.config.segment_composition}
 
     @staticmethod
     def key(video_sha256: str, model_identity: dict[str, Any], sampling: dict[str, Any], *,

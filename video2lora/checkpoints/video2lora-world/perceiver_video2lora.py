@@ -236,15 +236,23 @@ class PerceiverHypernetwork(nn.Module):
             latents = block(latents, context, mask, keys_values)
         return latents
 
-    def decode(self, latents: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Latents `[b, L, n, d]` -> `{module: (A [b, L, r_eff, in], B [b, L, out, r_eff])}`."""
+    def decode(self, latents: torch.Tensor,
+               latents_mask: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """
+        Latents `[b, L, N, d]` -> `{module: (A [b, L, r_eff, in], B [b, L, out, r_eff])}`.
+
+        `N` is `n` for one context, or the latents of several segments side by side (`segment_composition =
+        "latents"`); `latents_mask` `[b, N]` (True = real) hides the padding of videos with fewer segments.
+        """
         batch, num_layers, num_latents, dim = latents.shape
         latents = latents.reshape(batch * num_layers, num_latents, dim)  # the layer axis folds into the batch
+        if latents_mask is not None:
+            latents_mask = latents_mask.repeat_interleave(num_layers, dim=0)  # [b L, N], rows in the latents' order
         queries = self.output_queries.expand(batch, num_layers, -1, -1)
         if self.layer_embedding is not None:
             queries = queries + self.layer_embedding[None, :, None, :]
         queries = queries.reshape(batch * num_layers, -1, dim)
-        features = self.decoder(queries, latents)
+        features = self.decoder(queries, latents, latents_mask)
         features = F.normalize(features + self.head_mlp(features), dim=-1)
         # [(b L), (M r), d] -> M x [b, L, r, d]: one chunk of r rank directions per target module
         features = features.view(batch, num_layers, len(self.heads), self.rank, dim).unbind(2)
