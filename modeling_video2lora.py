@@ -36,14 +36,14 @@ try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed
     from .perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from .pipeline_video2lora import TASK, Video2LoRAPipeline
     from .processing_video2lora import Video2LoRAProcessor
-    from .video_processing_video2lora import place_segment, segment_spans, video_duration
+    from .video_processing_video2lora import place_segment, segment_fraction, segment_spans, video_duration
 except ImportError:
     from configuration_video2lora import Video2LoRAConfig
     from families_video2lora import FAMILIES, SMOLVLM, VLMFamily, family_of
     from perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from pipeline_video2lora import TASK, Video2LoRAPipeline
     from processing_video2lora import Video2LoRAProcessor
-    from video_processing_video2lora import place_segment, segment_spans, video_duration
+    from video_processing_video2lora import place_segment, segment_fraction, segment_spans, video_duration
 
 logger = logging.get_logger(__name__)
 
@@ -608,6 +608,8 @@ class Video2LoRAPreTrainedModel(PreTrainedModel):
                 init.normal_(module.layer_embedding, std=std)
             if module.position_projection is not None:
                 init.zeros_(module.position_projection)
+            if module.place_projection is not None:
+                init.zeros_(module.place_projection)
         elif isinstance(module, LoraHead):
             # The features reaching the head are unit vectors, so a fan-in scale keeps rows of A near unit size.
             init.normal_(module.weight, std=module.weight.shape[-2] ** -0.5)
@@ -806,12 +808,13 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
     # ---- reading a video into an adapter --------------------------------------------------------------------------
 
     def encode_context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                       **vision_inputs: torch.Tensor | None) -> torch.Tensor:
+                       segment_place: torch.Tensor | None = None, **vision_inputs: torch.Tensor | None) -> torch.Tensor:
         """
         Run the frozen base over the context and summarize every decoder layer's input: latents `[B, L, n, d]`.
 
         `vision_inputs` are the family's frame inputs (`pixel_values [B, F, 3, H, W]` and `pixel_attention_mask`
-        for SmolVLM and Idefics3); others are ignored.
+        for SmolVLM and Idefics3); others are ignored. `segment_place` `[B, 2]`: where each context starts and ends,
+        as fractions of its whole video (`None`: each is a whole video); read when `config.use_segment_place` is on.
 
         Each layer's input `[B, T, h]` is handed to the perceiver encoder from a forward pre-hook as soon as it
         exists and then dropped, so memory stays flat in the number of layers (docs/design.md §2). The base runs without
@@ -820,6 +823,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         layers = self._decoder_layers()
         mask = attention_mask.bool() if attention_mask is not None else None
         position_term = self.hypernetwork.position_term(mask, input_ids.shape[1])  # one per context, not per layer
+        place_term = self.hypernetwork.place_term(segment_place, input_ids.shape[0])
         grad_enabled = torch.is_grad_enabled()
         latents: list[torch.Tensor | None] = [None] * len(layers)
 
@@ -832,9 +836,9 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                             and index % self._checkpoint_every_n_layers == 0):
                         # Keeps only this layer's states; the summary is recomputed in the backward pass.
                         latents[index] = self._gradient_checkpointing_func(encode, hidden_states, mask, index,
-                                                                           position_term)
+                                                                           position_term, place_term)
                     else:
-                        latents[index] = encode(hidden_states, mask, index, position_term)
+                        latents[index] = encode(hidden_states, mask, index, position_term, place_term)
                 if index == len(layers) - 1:
                     raise _ContextCaptured
             return hook
@@ -871,15 +875,16 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
 
     def generate_adapter(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                          context_video_index: torch.Tensor | Sequence[int] | None = None,
+                         segment_place: torch.Tensor | None = None,
                          **vision_inputs: torch.Tensor | None) -> Video2LoRAAdapter:
         """
         One adapter per video of the batch; the inputs are what the processor returns for frames + instruction.
 
         With `context_video_index` (`[C]`, which video each context is a segment of), the contexts are segments and
         one adapter per video comes back, composed as `config.segment_composition` says, exactly as
-        `internalize(segments=k)` composes them.
+        `internalize(segments=k)` composes them; `segment_place` `[C, 2]` says where each lies ([`encode_context`]).
         """
-        latents = self.encode_context(input_ids, attention_mask, **vision_inputs)  # [C, L, n, d]
+        latents = self.encode_context(input_ids, attention_mask, segment_place, **vision_inputs)  # [C, L, n, d]
         if context_video_index is None:
             return self._decode(latents)
         if self.config.segment_composition == "latents":
@@ -946,9 +951,10 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
                                                  num_frames=num_frames)
             # Each segment keeps its place: its frames' times and the duration are the whole video's.
-            timestamps, duration = place_segment(sampled.timestamps, begin, (spans[0][0], spans[-1][1]))
+            whole = (spans[0][0], spans[-1][1])
+            timestamps, duration = place_segment(sampled.timestamps, begin, whole)
             segment_latents = self._encode_frames(replace(sampled, timestamps=timestamps, duration=duration),
-                                                  instruction)  # [1, L, n, d]
+                                                  instruction, segment_fraction((begin, finish), whole))  # [1, L, n, d]
             if compose == "latents":  # a segment's latents are small (L x n x d), its hidden states are not kept
                 latents.append(segment_latents)
                 continue
@@ -971,14 +977,17 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                             "composed": {"mode": compose, "parts": len(spans)}}
         return adapter.detach()
 
-    def _encode_frames(self, sampled, instruction: str | None) -> torch.Tensor:
-        """Sampled frames -> the perceiver's latents `[1, L, n, d]` for them."""
+    def _encode_frames(self, sampled, instruction: str | None,
+                       place: tuple[float, float] | None = None) -> torch.Tensor:
+        """Sampled frames (at `place` in their whole video, fractions; `None`: a whole video) -> the perceiver's
+        latents `[1, L, n, d]` for them."""
         processor = self._require_processor()
         inputs = processor.encode_videos([sampled.frames], instruction or self.config.instruction,
                                          timestamps=[sampled.timestamps], durations=[sampled.duration])
         inputs = inputs.to(self.vlm.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
-        return self.encode_context(**inputs)
+        segment_place = None if place is None else torch.tensor([place], device=self.vlm.device)
+        return self.encode_context(**inputs, segment_place=segment_place)
 
     def _segment_spans(self, video, start, end, frame_rate, segments, segment_seconds):
         """`(start, end)` seconds of each segment, or `None` for one unsegmented read."""
@@ -1063,7 +1072,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 context_attention_mask: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                 pixel_attention_mask: torch.Tensor | None = None, adapter: Video2LoRAAdapter | None = None,
                 adapter_index: torch.Tensor | None = None, context_video_index: torch.Tensor | None = None,
-                teacher_top_ids: torch.Tensor | None = None,
+                context_segment_place: torch.Tensor | None = None, teacher_top_ids: torch.Tensor | None = None,
                 teacher_top_logprobs: torch.Tensor | None = None, teacher_mask: torch.Tensor | None = None,
                 answer_weights: torch.Tensor | None = None,
                 num_items_in_batch: torch.Tensor | int | None = None) -> Video2LoRAOutput:
@@ -1080,6 +1089,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             context_video_index: `[C]` which video each context is a segment of, when videos come in segments: the
                 segments become one adapter per video as `internalize(segments=k)` makes it (`generate_adapter`),
                 and `adapter_index` then counts videos, not contexts.
+            context_segment_place: `[C, 2]` where each context starts and ends in its video, as fractions
+                (`segment_fraction`); `None` when every context is a whole video.
             teacher_top_ids, teacher_top_logprobs: `[B, S, k]` the teacher's top-k at each labelled position.
             teacher_mask: `[B, S]` positions that have a teacher distribution.
             answer_weights: `[B]` loss weight of every token of each row; the normalizer stays the token count.
@@ -1092,7 +1103,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             if pixel_values is not None:
                 pixel_values = pixel_values.to(self.vlm.dtype)  # collators build float32 pixels; the base may be bf16
             adapter = self.generate_adapter(context_input_ids, context_attention_mask, context_video_index,
-                                            pixel_values=pixel_values, pixel_attention_mask=pixel_attention_mask)
+                                            context_segment_place, pixel_values=pixel_values,
+                                            pixel_attention_mask=pixel_attention_mask)
         rows = adapter if adapter_index is None else adapter[adapter_index]
         with self.apply_adapter(rows):
             # No cache: a training pass never reuses one (and a checkpointed layer must not write one).

@@ -187,6 +187,8 @@ class PerceiverHypernetwork(nn.Module):
         self.latents = nn.Parameter(torch.empty(config.num_latents, dim))
         # Starts at zero (see `_init_weights`), so turning positions on for a trained perceiver is a no-op at first.
         self.position_projection = nn.Parameter(torch.empty(dim, dim)) if config.use_context_positions else None
+        # Starts at zero too: a checkpoint given the segment's place reads single clips exactly as before.
+        self.place_projection = nn.Parameter(torch.empty(dim, dim)) if config.use_segment_place else None
         use_layer_embedding = config.use_layer_embedding or config.head_type == "shared"
         self.layer_embedding = nn.Parameter(torch.empty(self.num_layers, dim)) if use_layer_embedding else None
         block = dict(dim=dim, heads=config.num_attention_heads, mlp_ratio=config.mlp_ratio)
@@ -219,18 +221,38 @@ class PerceiverHypernetwork(nn.Module):
         encoding = sinusoidal_encoding(positions, self.position_projection.shape[0])  # [b, T, d]
         return encoding.to(self.position_projection.dtype) @ self.position_projection
 
+    def place_term(self, place: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """
+        What `use_segment_place` adds to the latent queries: `[b, 1, d]` from `place` `[b, 2]`, the fractions of the
+        whole video at which each context starts and ends (`None`: every context is a whole video, `(0, 1)`), or
+        `None` when the setting is off.
+        """
+        if self.place_projection is None:
+            return None
+        if place is None:
+            place = torch.tensor([[0.0, 1.0]], device=self.place_projection.device).expand(batch, -1)
+        dim = self.place_projection.shape[0]
+        # A fraction times 100 spans the encoding's wavelengths as a hundred token positions would.
+        encoding = sinusoidal_encoding(place.to(self.place_projection.device) * 100.0, dim // 2)  # [b, 2, d/2]
+        return (encoding.flatten(1).to(self.place_projection.dtype) @ self.place_projection)[:, None, :]
+
     def encode_layer(self, hidden_states: torch.Tensor, mask: torch.Tensor | None, layer: int,
-                     position_term: torch.Tensor | None = None) -> torch.Tensor:
+                     position_term: torch.Tensor | None = None, place_term: torch.Tensor | None = None) -> torch.Tensor:
         """Summarize one layer's states `[b, T, h]` (mask `[b, T]`, True = real token) into latents `[b, n, d]`;
-        `position_term` is [`position_term`]'s output for this context (required when positions are on)."""
+        `position_term` and `place_term` are [`position_term`]'s and [`place_term`]'s outputs for this context
+        (required when their settings are on)."""
         if (position_term is None) != (self.position_projection is None):
             raise ValueError("encode_layer needs `position_term(mask, T)` exactly when use_context_positions is on.")
+        if (place_term is None) != (self.place_projection is None):
+            raise ValueError("encode_layer needs `place_term(place, b)` exactly when use_segment_place is on.")
         context = self.input_projection(hidden_states.to(self.latents.dtype))  # [b, T, d]
         if position_term is not None:
             context = context + position_term
         latents = self.latents.expand(hidden_states.shape[0], -1, -1)
         if self.layer_embedding is not None:
             latents = latents + self.layer_embedding[layer]
+        if place_term is not None:
+            latents = latents + place_term
         keys_values = self.encoder[0].attention.project_context(context) if self.share_context_kv else None
         for block in self.encoder:
             latents = block(latents, context, mask, keys_values)

@@ -55,7 +55,14 @@ from processing_video2lora import Video2LoRAProcessor
 from video2lora.cards import evaluation_fields, find_eval_summaries, render_card, training_data_statistics
 from video2lora.checks import UsageError, check_writable_folder
 from video2lora.data import ManifestError, question_type, read_manifest, write_text_atomically
-from video2lora.video import VideoDecodeError, place_segment, sample_video, segment_spans, video_duration
+from video2lora.video import (
+    VideoDecodeError,
+    place_segment,
+    sample_video,
+    segment_fraction,
+    segment_spans,
+    video_duration,
+)
 
 logger = hf_logging.get_logger(__name__)
 
@@ -75,10 +82,10 @@ TRAINING_DEFAULTS = {
 HYPERNETWORK_FIELDS = ("lora_r", "lora_scale", "target_modules", "use_bias_block", "latent_size", "num_latents",
                        "num_blocks", "num_attention_heads", "mlp_ratio", "input_projection_size",
                        "share_context_kv", "head_type", "use_layer_embedding", "use_context_positions",
-                       "segment_composition", "instruction")
+                       "use_segment_place", "segment_composition", "instruction")
 # Settings that `--init_from` may change: they add no weights or only ones that start as a no-op, so the checkpoint's
 # function on single clips is kept.
-GROWABLE_FIELDS = ("use_context_positions", "segment_composition")
+GROWABLE_FIELDS = ("use_context_positions", "use_segment_place", "segment_composition")
 
 
 class TrainingSetupError(ValueError):
@@ -118,6 +125,9 @@ class ModelArguments:
     use_layer_embedding: bool | None = field(default=None, metadata={"help": "Learned per-layer latent embedding."})
     use_context_positions: bool | None = field(default=None, metadata={
         "help": "Sinusoidal context positions through a zero-initialized projection; may be added with --init_from."})
+    use_segment_place: bool | None = field(default=None, metadata={
+        "help": "Tell the perceiver where each segment lies in its video, through a zero-initialized projection; may "
+                "be added with --init_from."})
     segment_composition: str | None = field(default=None, metadata={
         "help": "How a video's segments become one adapter: concat (rank space) or latents (one decode over every "
                 "segment's latents); may be changed with --init_from."})
@@ -359,9 +369,10 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
         contexts = [self._context(i) for i in video_indices]
         if len(contexts) > 1:  # segments keep their place in the video, as `internalize(segments=k)` gives them
             spans = [self.keys[i][1] for i in video_indices]
+            whole = (spans[0][0], spans[-1][1])
             for context, span in zip(contexts, spans, strict=True):
-                context["timestamps"], context["duration"] = place_segment(
-                    context["timestamps"], span[0], (spans[0][0], spans[-1][1]))
+                context["timestamps"], context["duration"] = place_segment(context["timestamps"], span[0], whole)
+                context["place"] = segment_fraction(span, whole)
         example = contexts[0] if len(contexts) == 1 else {"segments": contexts}
         return {**example, "questions": [{"prompt": row["prompt"], "target": row["target_text"],
                                           "teacher": row.get("teacher_logprobs"), "weight": self._weight(row)}
@@ -500,6 +511,7 @@ class Video2LoRACollator:
         if len(contexts) > len(features):
             batch["context_video_index"] = torch.tensor(
                 [video for video, f in enumerate(features) for _ in f.get("segments", [f])], dtype=torch.long)
+            batch["context_segment_place"] = torch.tensor([c.get("place", (0.0, 1.0)) for c in contexts])
         if any(weight not in (None, 1.0) for weight in weights):
             batch["answer_weights"] = torch.tensor([1.0 if w is None else w for w in weights])
         if self.with_teacher:

@@ -422,6 +422,34 @@ def test_latent_composition_decodes_every_segment_at_once_and_keeps_the_rank(mak
     assert model.internalize(frames, segments=1).rank == composed.rank
 
 
+def test_segment_place_starts_as_a_no_op_and_then_tells_the_segments_apart(make_model, processor):
+    """`use_segment_place`: where a context lies in its video reaches the latents, through a projection that starts at
+    zero (a checkpoint grown with it is unchanged); a whole video is the place `(0, 1)`."""
+    placed, plain = make_model(use_segment_place=True), make_model()
+    perturb_(plain)
+    missing = placed.load_state_dict(plain.state_dict(), strict=False).missing_keys  # the same weights, grown
+    assert missing == ["hypernetwork.place_projection"] and not placed.hypernetwork.place_projection.any()
+    frames = make_frames(8, seed=3)
+    torch.testing.assert_close(placed.internalize(frames, segments=2).lora_A["mlp.down_proj"],
+                               plain.internalize(frames, segments=2).lora_A["mlp.down_proj"])
+    perturb_(placed, seed=4)
+    inputs = context(processor, 2, 2)
+    first, second = torch.tensor([[0.0, 0.5]] * 2), torch.tensor([[0.5, 1.0]] * 2)
+    assert not torch.allclose(placed.encode_context(**inputs, segment_place=first),
+                              placed.encode_context(**inputs, segment_place=second))
+    torch.testing.assert_close(placed.encode_context(**inputs),
+                               placed.encode_context(**inputs, segment_place=torch.tensor([[0.0, 1.0]] * 2)))
+    # internalize(segments=2) tells each half its place: the first half is [0, 0.5) of the video, the second the rest.
+    halves = []
+    for begin, place in ((0, (0.0, 0.5)), (4, (0.5, 1.0))):
+        sampled = segment_in_place(placed, frames, begin, begin + 4)
+        half = processor.encode_videos([sampled.frames], INSTRUCTION, timestamps=[sampled.timestamps],
+                                       durations=[sampled.duration])
+        halves.append(placed.generate_adapter(**half, segment_place=torch.tensor([place])))
+    torch.testing.assert_close(placed.internalize(frames, segments=2).scaled_B()["mlp.down_proj"],
+                               Video2LoRAAdapter.compose(halves).scaled_B()["mlp.down_proj"])
+
+
 def test_latent_composition_of_a_batch_masks_the_padding_of_shorter_videos(make_model, processor):
     """What the trainer composes with `segment_composition="latents"`: videos of 2, 1 and 2 segments in one batch,
     each the decode of its own segments' latents, a one-segment video exactly its plain adapter."""

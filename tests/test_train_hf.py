@@ -457,13 +457,17 @@ def test_decoding_in_workers_gives_the_same_examples_as_the_cached_table(workspa
     assert sum(1 for _ in loader) == len(built[True])  # worker processes decode it too
 
 
-@pytest.mark.parametrize("composition", ["concat", "latents"])
-def test_segmented_rows_train_the_adapter_that_internalize_composes(small_trainer, workspace, composition):
+@pytest.mark.parametrize("composition, place", [("concat", False), ("latents", False), ("latents", True)])
+def test_segmented_rows_train_the_adapter_that_internalize_composes(small_trainer, workspace, composition, place):
     """A row with `segments: 2` trains on the composition of its halves, the very adapter `internalize(segments=2)`
-    gives at inference, whichever way the model composes; in one batch with an unsegmented video."""
+    gives at inference, whichever way the model composes and with the halves told their place or not; in one batch
+    with an unsegmented video."""
     trainer, plain_dataset, collator = small_trainer
     model = trainer.model
     model.config.segment_composition = composition
+    if place:  # grown as `--init_from ... --use_segment_place true` grows a checkpoint, then moved as training would
+        model.config.use_segment_place = True
+        model.hypernetwork.place_projection = torch.nn.Parameter(torch.randn(2 * [model.config.latent_size]) * 0.05)
     rows = [json.loads(line) for line in workspace["manifest"].read_text().splitlines()]
     manifest = workspace["root"] / "segmented.jsonl"
     write_manifest(manifest, [{**rows[0], "segments": 2}, rows[-1], {**rows[0], "id": "bad", "segments": 0}])

@@ -23,12 +23,13 @@ from video_processing_video2lora import (
     place_segment,
     sample_indices,
     sample_video,
+    segment_fraction,
     segment_spans,
     video_duration,
 )
 
-__all__ = ["SampledVideo", "VideoDecodeError", "place_segment", "sample_indices", "sample_video", "segment_spans",
-           "video_duration", "write_video"]
+__all__ = ["SampledVideo", "VideoDecodeError", "place_segment", "sample_indices", "sample_video", "segment_fraction",
+           "segment_spans", "video_duration", "write_video"]
 
 # Codec picked by `write_video` from the file suffix when none is given.
 DEFAULT_CODECS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9"}

@@ -96,6 +96,13 @@ class Video2LoRAConfig(PreTrainedConfig):
             perceiver knows which frame a visual token came from only through what the base wrote into its states;
             with it, temporal facts (which way an object moves, what happens first) can be read off positions. The
             published perceiver has none. Turning it on for a trained checkpoint changes nothing until it trains.
+        use_segment_place (`bool`, *optional*, defaults to `False`):
+            Tell the perceiver where in the whole video the context lies: the fractions of the video at which it
+            starts and ends (`(0, 1)` for a whole clip), as a sinusoidal encoding through a learned projection that
+            starts at zero, added to the latent queries. The base reads a placed segment's frame times only as text it
+            was never trained on past a clip's length; this states the place directly, so a segment's latents can hold
+            what is true at the video's start only when the segment is there. Starts as a no-op, so it can be turned
+            on for a trained checkpoint.
         segment_composition (`str`, *optional*, defaults to `"concat"`):
             How the segments of a long video become one adapter, in `internalize(segments=k)` and in training.
             `"concat"` internalizes each segment on its own and stacks the adapters' ranks (the rank grows with k;
@@ -134,6 +141,7 @@ class Video2LoRAConfig(PreTrainedConfig):
     head_type: str = "per_layer"
     use_layer_embedding: bool = False
     use_context_positions: bool = False
+    use_segment_place: bool = False
     segment_composition: str = "concat"
     instruction: str = DEFAULT_INSTRUCTION
     initializer_range: float = 0.02
@@ -157,6 +165,9 @@ class Video2LoRAConfig(PreTrainedConfig):
                 fail(f"`{name}` must be a positive integer, got {value!r}.")
         if self.use_context_positions and self.latent_size % 2:
             fail(f"use_context_positions needs an even latent_size (sin/cos pairs), got {self.latent_size}.")
+        if self.use_segment_place and self.latent_size % 4:
+            fail(f"use_segment_place needs a latent_size divisible by 4 (sin/cos pairs for start and end), got "
+                 f"{self.latent_size}.")
         if self.latent_size % self.num_attention_heads:
             fail(f"`latent_size` ({self.latent_size}) must be divisible by `num_attention_heads` "
                  f"({self.num_attention_heads}).")

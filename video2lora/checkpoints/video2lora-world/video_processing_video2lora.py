@@ -41,7 +41,7 @@ import numpy as np
 import PIL.Image
 
 __all__ = ["SampledVideo", "VideoDecodeError", "check_sampling", "place_segment", "sample_indices", "sample_video",
-           "segment_spans", "video_duration"]
+           "segment_fraction", "segment_spans", "video_duration"]
 
 _RESAMPLE = PIL.Image.Resampling.BICUBIC
 
@@ -670,3 +670,10 @@ def place_segment(timestamps: Sequence[float], segment_start: float,
     """
     offset = segment_start - whole[0]
     return [offset + time for time in timestamps], whole[1] - whole[0]
+
+
+def segment_fraction(span: tuple[float, float], whole: tuple[float, float]) -> tuple[float, float]:
+    """Where a segment `span` (seconds) lies in `whole`: the fractions of `whole` at which it starts and ends, what
+    the perceiver is told with `use_segment_place` (a whole video is `(0, 1)`)."""
+    length = whole[1] - whole[0]
+    return (span[0] - whole[0]) / length, (span[1] - whole[0]) / length
