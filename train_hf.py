@@ -749,7 +749,10 @@ def prepare_hub_folder(model: Video2LoRAModel, output_dir: str | os.PathLike, *,
         num_parameters=f"{num_parameters / 1e6:.1f}M" if num_parameters >= 1e5 else f"{num_parameters:,}",
         lora_r=config.lora_r, effective_rank=config.effective_rank, target_modules=", ".join(config.target_modules),
         latent_size=config.latent_size, num_latents=config.num_latents, num_blocks=config.num_blocks,
-        head_type=config.head_type, num_frames=model.processor.video_sampling["max_frames"],
+        head_type=config.head_type, segments=(
+            "composed in latent space" if config.segment_composition == "latents" else "composed in rank space")
+        + (", each told its place" if config.use_segment_place else ""),
+        num_frames=model.processor.video_sampling["max_frames"],
         frame_size=model.processor.frame_size,
         kl_weight=None, training_summary=training_summary,
         recipe=record["recipe"] if record else None, data=data, data_kinds=data_kinds,

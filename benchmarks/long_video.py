@@ -5,15 +5,17 @@ For each frame count, two fresh worker processes (peak RSS is per process) inter
 - `whole`: one context of N frames (what `model.internalize(video, num_frames=N)` does): the decoder reads the whole
   sequence, so memory grows with N and attention time faster than N;
 - `segmented`: `model.internalize(video, num_frames=W, segments=N // W, max_rank=64)`: W-frame segments read one after
-  another and summed in rank space, the sum compressed to rank 64 (a truncated SVD) after each segment, so at most one
-  segment's frames and states and a bounded adapter are held at a time.
+  another and composed the model's way (`segment_composition`): the embedded default keeps each segment's latents
+  (`L x n x d`, 32 KB here) and decodes them once at the end; a rank-space model sums the segment adapters, compressed
+  to rank 64 (a truncated SVD) after each segment. Either way at most one segment's frames and states, and a bounded
+  adapter or the latents, are held at a time.
 
 Reported per point: peak RSS above the RSS after loading the model and a warm-up, and the wall time of the call; then
 the ratios the long-video issue sets targets for (memory at the largest count over the smallest, time at the largest
 over a quarter of it). Results go to `benchmarks/results/long_video_<model>.json` with a plot beside it.
 
 Run: `python -m benchmarks.long_video --model tiny` (W = 64; 64 to 1,024 frames) and
-`python -m benchmarks.long_video --model 500m` (W = 8, 128 px; 8 to 32 frames).
+`python -m benchmarks.long_video --model 500m [--compose latents]` (W = 8, 128 px; 8 to 32 frames).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ MODES = ("whole", "segmented")
 MAX_RANK = 64  # what a server's --max-lora-rank would allow
 
 
-def worker(name: str, num_frames: int, mode: str, window: int, image_size: int | None, threads: int) -> dict:
+def worker(name: str, num_frames: int, mode: str, window: int, image_size: int | None, threads: int,
+           compose: str | None = None) -> dict:
     """In a fresh process: peak RSS and time of one internalization above the loaded model."""
     torch.set_num_threads(threads)
     bench = load_model(name, image_size=image_size)
@@ -62,7 +65,8 @@ def worker(name: str, num_frames: int, mode: str, window: int, image_size: int |
             if mode == "whole" or count <= window:
                 bench.model.internalize(video, num_frames=count)
             else:
-                bench.model.internalize(video, num_frames=window, segments=count // window, max_rank=MAX_RANK)
+                bench.model.internalize(video, num_frames=window, segments=count // window, max_rank=MAX_RANK,
+                                        compose=compose)
 
     internalize(min(2, num_frames))  # lazy initialization stays out of the measurement
     gc.collect()
@@ -75,13 +79,14 @@ def worker(name: str, num_frames: int, mode: str, window: int, image_size: int |
             peak_rss_bytes() - baseline, "peak_reset": resettable}
 
 
-def measure(name: str, threads: int) -> dict[str, Any]:
+def measure(name: str, threads: int, compose: str | None = None) -> dict[str, Any]:
     settings = SETTINGS[name]
     rows = []
     for num_frames in settings["frames"]:
         for mode in MODES:
             command = [sys.executable, "-m", "benchmarks.long_video", "--worker", mode, "--model", name,
-                       "--frames", str(num_frames), "--threads", str(threads)]
+                       "--frames", str(num_frames), "--threads", str(threads),
+                       *(["--compose", compose] if compose else [])]
             result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
             if result.returncode != 0:
                 raise RuntimeError(f"worker failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
@@ -98,7 +103,8 @@ def measure(name: str, threads: int) -> dict[str, Any]:
             / max(by_frames[first]["peak_above_baseline_bytes"], 1),
             f"time_{last}_over_{quarter}": by_frames[last]["seconds"] / by_frames[quarter]["seconds"],
         }
-    return {"model": name, "window": settings["window"], "image_size": settings["image_size"], "rows": rows,
+    return {"model": name, "compose": compose or "the model's", "window": settings["window"],
+            "image_size": settings["image_size"], "rows": rows,
             "ratios": summary, "machine": machine_info()}
 
 
@@ -129,18 +135,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0], ["tiny"])
     parser.add_argument("--worker", choices=MODES, help="internal: one measurement in this process")
     parser.add_argument("--frames", type=int, default=None, help="internal: the worker's frame count")
+    parser.add_argument("--compose", choices=("latents", "concat"), default=None,
+                        help="how segments combine (default: the model's segment_composition; the random 500m "
+                             "model's is concat); results get a _COMPOSE suffix")
     args = parser.parse_args(argv)
     if args.worker:
         name = args.model[0]
         settings = SETTINGS[name]
         print(json.dumps(worker(name, args.frames, args.worker, settings["window"], settings["image_size"],
-                                args.threads)))
+                                args.threads, args.compose)))
         return
     for name in setup_run(args):
-        result = measure(name, args.threads)
+        result = measure(name, args.threads, args.compose)
         print(json.dumps(result["ratios"], indent=2))
-        write_json(args.output_dir / f"long_video_{name}.json", result)
-        plot(result, args.output_dir / f"long_video_{name}.png")
+        stem = f"long_video_{name}" + (f"_{args.compose}" if args.compose else "")
+        write_json(args.output_dir / f"{stem}.json", result)
+        plot(result, args.output_dir / f"{stem}.png")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Composition fine-tune of the embedded default's hypernetwork (README, "Long videos"; not shipped): continue
-# video2lora/checkpoints/video2lora-world for 3,000 steps at lr 3e-4 on 4,000 single clips (1,000 of them with an order
-# question) and 2,500 two-segment clips whose whole-clip rows the student answers from its halves' (or quarters')
-# composed adapters, count tokens 3x and order 4x; then score it on the held-out clips. About 45 minutes on 2 cores
-# (teacher 6, training 32, evaluations 5). Every step resumes or skips what exists when rerun.
+# The composition fine-tune that made the shipped embedded default (README, "Long videos"): continue a hypernetwork
+# (INIT, default runs/video2lora, what scripts/train_embedded_default.sh trains first) on 4,000 single clips (1,000 of
+# them with an order question) and 2,500 two-segment clips whose whole-clip rows the student answers from the halves
+# (or quarters) composed. It turns on composition in latent space (--segment_composition latents) and tells each
+# segment its place in the video (--use_segment_place, a zero-initialized projection). Two stages: 3,000 steps at lr
+# 3e-4 with count tokens 3x and order 4x (OUT/stage1), then 2,000 at lr 2e-4 with direction 3x too (OUT), and the
+# held-out evaluations. About 70 minutes on 2 cores (teacher 6, training 31 + 24, evaluations 10). Every step resumes
+# or skips what exists when rerun.
 #
-#   bash scripts/compose_finetune.sh      # -> runs/compose_ft/ and its eval folders (OUT=... for another folder)
+#   INIT=path/to/hypernetwork bash scripts/compose_finetune.sh   # -> runs/compose/ and its eval folders (OUT=...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
-DATA=data/world
+DATA=${DATA:-data/world}  # its own clips: another folder than the first training's (DATA=...)
 BASE=video2lora/checkpoints/smolvlm-world
-OUT=${OUT:-runs/compose_ft}
+INIT=${INIT:-runs/video2lora}
+OUT=${OUT:-runs/compose}
 w() { python -m video2lora.world --out "$DATA" --no-progress "$@"; }
 [ -f "$DATA/train.jsonl" ] || w --split train --num-clips 3000
 [ -f "$DATA/train_order.jsonl" ] || w --split train --num-clips 1000 --seed-offset 18000 --require-question-type order --manifest-name train_order.jsonl
@@ -29,18 +33,24 @@ cp "$DATA/train_teacher.jsonl" "$DATA/train_compose_teacher.jsonl"
 python scripts/composition_rows.py "$DATA/train_two_segment_teacher.jsonl" >> "$DATA/train_compose_teacher.jsonl"
 wc -l "$DATA/train_compose_teacher.jsonl"
 echo "train start $(date)"
-resume=(); ls -d $OUT/checkpoint-* >/dev/null 2>&1 && resume=(--resume_from_checkpoint last)
-python train_hf.py --init_from video2lora/checkpoints/video2lora-world --base_model_reference ../smolvlm-world \
-  --train_manifest "$DATA/train_compose_teacher.jsonl" --data_root "$DATA" --output_dir $OUT \
-  --num_frames 4 --questions_per_video 16 --per_device_train_batch_size 8 --kl_weight 1.0 \
-  --question_type_weights order=4,count=3 --max_steps 3000 --learning_rate 3e-4 --logging_steps 25 \
-  --save_strategy steps --save_steps 250 --save_total_limit 2 --report_to none "${resume[@]}"
-ln -sfn ../$BASE runs/smolvlm-world  # the checkpoint names its base as ../smolvlm-world
+ln -sfn ../$BASE runs/smolvlm-world  # checkpoints name their base as ../smolvlm-world
+train() {  # OUTPUT INIT STEPS LR WEIGHTS SEED [flags]
+  local resume=(); ls -d "$1"/checkpoint-* >/dev/null 2>&1 && resume=(--resume_from_checkpoint last)
+  [ -f "$1/model.safetensors" ] && return 0
+  python train_hf.py --init_from "$2" --base_model_reference ../smolvlm-world \
+    --train_manifest "$DATA/train_compose_teacher.jsonl" --data_root "$DATA" --output_dir "$1" \
+    --num_frames 4 --questions_per_video 16 --per_device_train_batch_size 8 --kl_weight 1.0 \
+    --question_type_weights "$5" --max_steps "$3" --learning_rate "$4" --seed "$6" --logging_steps 25 \
+    --save_strategy steps --save_steps 250 --save_total_limit 2 --report_to none "${@:7}" "${resume[@]}"
+}
+mkdir -p "$OUT"
+train "$OUT/stage1" "$INIT" 3000 3e-4 order=4,count=3 42 --segment_composition latents --use_segment_place true
+ln -sfn ../../$BASE "$OUT/smolvlm-world"  # stage1 names its base relative to itself
+train "$OUT" "$OUT/stage1" 2000 2e-4 order=4,count=3,direction=3 7
 python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT --output_dir $OUT/eval \
   --overwrite
 for segments in 2 4; do
   python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments $segments \
-    --compose concat --num_frames 4 --model $OUT --output_dir $OUT/eval-compose-concat-$segments \
-    --overwrite
+    --num_frames 4 --model $OUT --output_dir $OUT/eval-compose-$segments --overwrite
 done
 echo "done $(date)"

@@ -87,26 +87,34 @@ OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" train_hf.py "${model[@]}" -
   --learning_rate "${LEARNING_RATE:-1e-3}" --logging_steps 25 --save_strategy steps --save_steps 200 \
   --save_total_limit 2 --report_to none "${resume[@]}"
 
+# 4b. Composition (README, "Long videos"): continue it for 3,000 steps with segments composed in latent space and
+#     told their place, on clips of its own (DATA_COMPOSE); SKIP_COMPOSE=1 ships step 4's hypernetwork instead.
+FINAL="$RUNS/video2lora"
+if [ -z "${SKIP_COMPOSE:-}" ]; then
+  DATA="${DATA_COMPOSE:-$DATA-compose}" INIT="$RUNS/video2lora" OUT="$RUNS/compose" bash scripts/compose_finetune.sh
+  FINAL="$RUNS/compose"
+fi
+
 # 5. Ship the final hypernetwork beside its base (weights, config, processor files, custom code; no pickles).
 mkdir -p "$V2L"
 for f in config.json model.safetensors processor_config.json tokenizer.json tokenizer_config.json \
          chat_template.jinja configuration_video2lora.py modeling_video2lora.py perceiver_video2lora.py \
          processing_video2lora.py video_processing_video2lora.py families_video2lora.py; do
-  cp "$RUNS/video2lora/$f" "$V2L/$f"
+  cp "$FINAL/$f" "$V2L/$f"
 done
 
 # 6. Quality on held-out clips (docs/design.md §6): Base vs Video2LoRA vs Blind.
 python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model "$V2L" --output_dir "$V2L/eval" --overwrite
 
-# 7. Composition (docs/design.md §1, step 5): two-segment clips, one adapter per half composed in rank space, against
-#    Base reading the whole clip (8 frames, twice a half's 4) and against Blind.
-for mode in concat average; do
-  python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-    --compose "$mode" --num_frames 4 --model "$V2L" --output_dir "$V2L/eval-compose-$mode" --overwrite
+# 7. Composition (docs/design.md §1, step 5): two-segment clips read as 2 (and 4) segments of 4 frames composed the
+#    model's way, against Base reading the whole clip (8 or 16 frames) and against Blind.
+for segments in 2 4; do
+  python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole \
+    --segments "$segments" --num_frames 4 --model "$V2L" --output_dir "$V2L/eval-compose-$segments" --overwrite
 done
 
 # 8. The hypernetwork's model card (video2lora/hub_cards/hypernetwork.md), with the held-out numbers of step 6.
-python - "$V2L" "$RUNS/video2lora" "${INIT_FROM:-}" "${KL_WEIGHT:-1.0}" "$DATA/train_compose_teacher.jsonl" <<'PY'
+python - "$V2L" "$FINAL" "${INIT_FROM:-}" "${KL_WEIGHT:-1.0}" "$DATA/train_compose_teacher.jsonl" <<'PY'
 import json, sys, tempfile
 from pathlib import Path
 
@@ -122,6 +130,9 @@ loss = next(entry["loss"] for entry in reversed(state["log_history"]) if "loss" 
 start = f", continuing the hypernetwork in {init_from}" if init_from else ""
 model = Video2LoRAModel.from_pretrained(v2l)
 positions = " with context positions" if model.config.use_context_positions else ""
+if model.config.segment_composition == "latents":
+    positions += (", as scripts/compose_finetune.sh's composition fine-tune (segments composed in latent space and "
+                  "told their place) of the hypernetwork the script trained first")
 summary = (f"Trained with scripts/train_embedded_default.sh: {state['global_step']:,} steps of 8 videos{positions}{start} on the "
            f"cached answers of video2lora/checkpoints/smolvlm-world over {num_clips:,} world clips (cross-entropy plus {kl_weight} x KL to "
            f"the teacher's top-8 log-probs); final training loss {loss:.2f}. Held-out "

@@ -63,6 +63,7 @@ def test_a_1024_frame_video_answers_about_its_first_and_last_segment(long_clips)
                         model.answer(first_only, row["prompt"]).strip() == row["target_text"])
 
     accuracy = {key: sum(values) / len(values) for key, values in correct.items()}
+    print({key: f"{accuracy[key]:.2f} of {len(values)}" for key, values in correct.items()})  # README's figures, `-s`
     assert min(len(values) for values in correct.values()) >= 15, correct
     # One adapter knows both ends of the video ...
     assert accuracy["first"] >= 0.75 and accuracy["last"] >= 0.75, accuracy

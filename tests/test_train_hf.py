@@ -302,12 +302,12 @@ def test_recipe_cards_say_what_was_trained_on_what_and_what_was_not_measured(rec
 
     # The run's evaluations, once `video2lora eval` wrote them into its folder, go on the card and off the list.
     shipped = REPO / "video2lora" / "checkpoints" / "video2lora-world"
-    for folder in ("eval", "eval-compose-concat"):
+    for folder in ("eval", "eval-compose-2"):
         (run / folder).mkdir(parents=True)
         shutil.copy(shipped / folder / "summary.json", run / folder / "summary.json")
     text = card("tested")
     assert "### `eval`: test.jsonl, 3621 items" in text and "Base reads 64 visual tokens per question" in text
-    assert "2 segment adapters per video, composed by concat. Rows where segment=whole." in text
+    assert "2 segment adapters per video, composed by latents. Rows where segment=whole." in text
     assert "| qa/order |" in text and "This checkpoint was not evaluated." not in text
     assert not any(NOT_MEASURED[key] in text for key in ("qa", "caption", "composition"))
     assert all(NOT_MEASURED[key] in text for key in ("summary", "long_videos", "benchmarks", "speed"))

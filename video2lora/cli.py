@@ -98,7 +98,7 @@ def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end", type=float, default=None, help="span end, in seconds (exclusive)")
     segments = parser.add_mutually_exclusive_group()
     segments.add_argument("--segments", type=positive_int, default=None,
-                          help="read a long video as K equal segments, one adapter each, composed into one")
+                          help="read a long video as K equal segments, composed into one adapter the model's way")
     segments.add_argument("--segment_seconds", type=_positive_float, default=None,
                           help="or as segments of S seconds")
     parser.add_argument("--max_rank", type=positive_int, default=None,

@@ -14,7 +14,7 @@ A manifest row is a JSON object with these fields:
 | `metadata`    | dict, optional     | defaults to `{}`                                                          |
 | `span`        | [start, end], opt. | seconds, `0 <= start < end`, or null for the whole video                  |
 | `segments`    | int, optional      | >= 1: the student reads the video (or span) as that many equal segments,  |
-|               |                    | one adapter each, composed (training; docs/design.md §5); default 1       |
+|               |                    | composed into one adapter (training; docs/design.md §5); default 1        |
 
 Any other key (e.g. `teacher_target`, `teacher_logprobs`) is passed through untouched. Blank lines are ignored.
 """
