@@ -33,7 +33,10 @@ cp "$DATA/train_teacher.jsonl" "$DATA/train_compose_teacher.jsonl"
 python scripts/composition_rows.py "$DATA/train_two_segment_teacher.jsonl" >> "$DATA/train_compose_teacher.jsonl"
 wc -l "$DATA/train_compose_teacher.jsonl"
 echo "train start $(date)"
-ln -sfn ../$BASE runs/smolvlm-world  # checkpoints name their base as ../smolvlm-world
+mkdir -p "$OUT"
+# Checkpoints name their base as ../smolvlm-world: OUT's folder holds it for OUT, OUT for OUT/stage1.
+ln -sfn "$PWD/$BASE" "$(dirname "$OUT")/smolvlm-world"
+ln -sfn "$PWD/$BASE" "$OUT/smolvlm-world"
 train() {  # OUTPUT INIT STEPS LR WEIGHTS SEED [flags]
   local resume=(); ls -d "$1"/checkpoint-* >/dev/null 2>&1 && resume=(--resume_from_checkpoint last)
   [ -f "$1/model.safetensors" ] && return 0
@@ -43,9 +46,7 @@ train() {  # OUTPUT INIT STEPS LR WEIGHTS SEED [flags]
     --question_type_weights "$5" --max_steps "$3" --learning_rate "$4" --seed "$6" --logging_steps 25 \
     --save_strategy steps --save_steps 250 --save_total_limit 2 --report_to none "${@:7}" "${resume[@]}"
 }
-mkdir -p "$OUT"
 train "$OUT/stage1" "$INIT" 3000 3e-4 order=4,count=3 42 --segment_composition latents --use_segment_place true
-ln -sfn ../../$BASE "$OUT/smolvlm-world"  # stage1 names its base relative to itself
 train "$OUT" "$OUT/stage1" 2000 2e-4 order=4,count=3,direction=3 7
 python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT --output_dir $OUT/eval \
   --overwrite
