@@ -942,7 +942,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         compose = compose or self.config.segment_composition
         if compose not in ("latents", "concat", "average"):
             raise ValueError(f"compose must be 'latents', 'concat' or 'average', got {compose!r}.")
-        adapter, latents = None, []
+        adapter, latents, whole = None, [], (spans[0][0], spans[-1][1])
         for begin, finish in spans:
             if isinstance(video, (str, os.PathLike)):
                 sampled = processor.sample_video(video, start=begin, end=finish, num_frames=num_frames)
@@ -951,7 +951,6 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
                                                  num_frames=num_frames)
             # Each segment keeps its place: its frames' times and the duration are the whole video's.
-            whole = (spans[0][0], spans[-1][1])
             timestamps, duration = place_segment(sampled.timestamps, begin, whole)
             segment_latents = self._encode_frames(replace(sampled, timestamps=timestamps, duration=duration),
                                                   instruction, segment_fraction((begin, finish), whole))  # [1, L, n, d]
