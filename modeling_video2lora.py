@@ -188,15 +188,9 @@ class Video2LoRAAdapter:
         Args:
             groups: `[C]` the group of each row, every value of `0..G-1` present.
         """
-        groups = [int(g) for g in groups]
-        members = [[row for row, group in enumerate(groups) if group == g] for g in range(max(groups) + 1)]
-        if len(groups) != len(self) or not all(members):
-            raise ValueError(f"groups must give each of the {len(self)} rows a group 0..G-1, none empty; got {groups}.")
-        most, shared = max(map(len, members)), self.shared_rank
-        own = self.rank - shared
-        # Row index per (group, part); index len(self) is an all-zero part, the padding.
-        index = torch.tensor([rows + [len(self)] * (most - len(rows)) for rows in members])  # [G, most]
-        first = [rows[0] for rows in members]
+        index = group_index(groups, len(self))  # [G, most]; row len(self) is an all-zero part, the padding
+        most, own = index.shape[1], self.rank - self.shared_rank
+        first = index[:, 0]
         lora_a, lora_b = {}, {}
         for name, scaled_b in self.scaled_B().items():
             a, b = self.lora_A[name], scaled_b  # [C, L, r, in], [C, L, out, r]
@@ -492,6 +486,20 @@ class Video2LoRAOutput(ModelOutput):
     adapter: Video2LoRAAdapter | None = None
 
 
+def group_index(groups: torch.Tensor | Sequence[int], count: int) -> torch.Tensor:
+    """
+    The rows of each group, in their order: `groups[i]` is the group (the video) of row `i` of `count` ->
+    `[G, most]` row indices, groups of fewer rows padded with `count` (one past the last row, for an all-zero part).
+    Composing adapters and stacking latents both gather with it, so they pair the same segments of the same video.
+    """
+    groups = [int(g) for g in groups]
+    members = [[row for row, group in enumerate(groups) if group == g] for g in range(max(groups, default=-1) + 1)]
+    if len(groups) != count or not members or not all(members):
+        raise ValueError(f"groups must give each of the {count} rows a group 0..G-1, none empty; got {groups}.")
+    most = max(map(len, members))
+    return torch.tensor([rows + [count] * (most - len(rows)) for rows in members])
+
+
 def stack_segment_latents(latents: torch.Tensor,
                           groups: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """
@@ -499,19 +507,14 @@ def stack_segment_latents(latents: torch.Tensor,
     `[G, L, most * n, d]` (segments in their order, videos with fewer segments padded) and the padding mask
     `[G, most * n]` (True = real; `None` when no video is padded), for `PerceiverHypernetwork.decode`.
     """
-    groups = [int(g) for g in groups]
-    members = [[row for row, group in enumerate(groups) if group == g] for g in range(max(groups) + 1)]
-    if len(groups) != len(latents) or not all(members):
-        raise ValueError(f"groups must give each of the {len(latents)} contexts a video 0..G-1, none empty; "
-                         f"got {groups}.")
-    most, num_latents = max(map(len, members)), latents.shape[2]
     # Context index per (video, segment); index C is an all-zero segment, the padding, which the mask hides.
-    index = torch.tensor([rows + [len(latents)] * (most - len(rows)) for rows in members], device=latents.device)
+    index = group_index(groups, len(latents)).to(latents.device)  # [G, most]
     padded = torch.cat([latents, latents.new_zeros(1, *latents.shape[1:])])
     stacked = padded[index].permute(0, 2, 1, 3, 4).flatten(2, 3)  # [G, most, L, n, d] -> [G, L, most * n, d]
-    if all(len(rows) == most for rows in members):
+    real = index < len(latents)  # [G, most]
+    if bool(real.all()):
         return stacked, None
-    return stacked, (index < len(latents)).repeat_interleave(num_latents, dim=1)  # [G, most * n]
+    return stacked, real.repeat_interleave(latents.shape[2], dim=1)  # [G, most * n]
 
 
 def student_loss(logits: torch.Tensor, labels: torch.Tensor, *, teacher_top_ids: torch.Tensor | None = None,
