@@ -3,10 +3,12 @@
 # (INIT, default runs/video2lora, what scripts/train_embedded_default.sh trains first) on 4,000 single clips (1,000 of
 # them with an order question) and 2,500 two-segment clips whose whole-clip rows the student answers from the halves
 # (or quarters) composed. It turns on composition in latent space (--segment_composition latents) and tells each
-# segment its place in the video (--use_segment_place, a zero-initialized projection). Two stages: 3,000 steps at lr
-# 3e-4 with count tokens 3x and order 4x (OUT/stage1), then 2,000 at lr 2e-4 with direction 3x too (OUT), and the
-# held-out evaluations. About 70 minutes on 2 cores (teacher 6, training 31 + 24, evaluations 10). Every step resumes
-# or skips what exists when rerun.
+# segment its place in the video (--use_segment_place, a zero-initialized projection). Three stages: 3,000 steps at
+# lr 3e-4 with count tokens 3x and order 4x (OUT/stage1); 2,000 at lr 2e-4 with direction 3x too (OUT/stage2); then
+# 2,000 at lr 2e-4 with colour change 3x too, adding the harder scenes of the sweep to the clips (1,000 with 4
+# objects, 1,000 with 2 events, 1,500 of 8 steps read as two segments against the teacher reading all 8 frames;
+# OUT). Then the held-out evaluations. About 80 minutes on 2 cores (teacher 10, training 31 + 24 + 12, evaluations
+# 10). Every step resumes or skips what exists when rerun.
 #
 #   INIT=path/to/hypernetwork bash scripts/compose_finetune.sh   # -> runs/compose/ and its eval folders (OUT=...)
 set -euo pipefail
@@ -20,6 +22,10 @@ w() { python -m video2lora.world --out "$DATA" --no-progress "$@"; }
 [ -f "$DATA/train.jsonl" ] || w --split train --num-clips 3000
 [ -f "$DATA/train_order.jsonl" ] || w --split train --num-clips 1000 --seed-offset 18000 --require-question-type order --manifest-name train_order.jsonl
 [ -f "$DATA/train_two_segment.jsonl" ] || w --split train --num-clips 2500 --two-segment
+# The harder scenes, for the third stage (seeds apart from the clips above).
+[ -f "$DATA/train_objects4.jsonl" ] || w --split train --num-clips 1000 --seed-offset 50000 --max-objects 4 --manifest-name train_objects4.jsonl
+[ -f "$DATA/train_events2.jsonl" ] || w --split train --num-clips 1000 --seed-offset 52000 --max-events 2 --manifest-name train_events2.jsonl
+[ -f "$DATA/train_steps8.jsonl" ] || w --split train --num-clips 1500 --seed-offset 54000 --num-steps 8 --max-events 2 --manifest-name train_steps8.jsonl
 [ -f "$DATA/test.jsonl" ] || w --split test --num-clips 400
 [ -f "$DATA/test_two_segment.jsonl" ] || w --split test --num-clips 400 --two-segment
 cat "$DATA/train.jsonl" "$DATA/train_order.jsonl" > "$DATA/train_all.jsonl"
@@ -29,25 +35,35 @@ torchrun --nproc_per_node 2 -m video2lora.teacher --model "$BASE" --manifest "$D
   --output "$DATA/train_teacher.jsonl" --num_frames 4 --batch_size 64 --top_k_logprobs 8 --no_progress
 torchrun --nproc_per_node 2 -m video2lora.teacher --model "$BASE" --manifest "$DATA/train_two_segment_whole.jsonl" \
   --output "$DATA/train_two_segment_teacher.jsonl" --num_frames 8 --batch_size 64 --top_k_logprobs 8 --no_progress
+cat "$DATA/train_objects4.jsonl" "$DATA/train_events2.jsonl" > "$DATA/train_harder.jsonl"
+torchrun --nproc_per_node 2 -m video2lora.teacher --model "$BASE" --manifest "$DATA/train_harder.jsonl" \
+  --output "$DATA/train_harder_teacher.jsonl" --num_frames 4 --batch_size 64 --top_k_logprobs 8 --no_progress
+torchrun --nproc_per_node 2 -m video2lora.teacher --model "$BASE" --manifest "$DATA/train_steps8.jsonl" \
+  --output "$DATA/train_steps8_teacher.jsonl" --num_frames 8 --batch_size 64 --top_k_logprobs 8 --no_progress
 cp "$DATA/train_teacher.jsonl" "$DATA/train_compose_teacher.jsonl"
 python scripts/composition_rows.py "$DATA/train_two_segment_teacher.jsonl" >> "$DATA/train_compose_teacher.jsonl"
-wc -l "$DATA/train_compose_teacher.jsonl"
+cp "$DATA/train_compose_teacher.jsonl" "$DATA/train_harder_mix.jsonl"
+cat "$DATA/train_harder_teacher.jsonl" >> "$DATA/train_harder_mix.jsonl"
+python scripts/composition_rows.py --halves "$DATA/train_steps8_teacher.jsonl" >> "$DATA/train_harder_mix.jsonl"
+wc -l "$DATA/train_compose_teacher.jsonl" "$DATA/train_harder_mix.jsonl"
 echo "train start $(date)"
 mkdir -p "$OUT"
-# Checkpoints name their base as ../smolvlm-world: OUT's folder holds it for OUT, OUT for OUT/stage1.
+# Checkpoints name their base as ../smolvlm-world: OUT's folder holds it for OUT, OUT for its stages.
 ln -sfn "$PWD/$BASE" "$(dirname "$OUT")/smolvlm-world"
 ln -sfn "$PWD/$BASE" "$OUT/smolvlm-world"
-train() {  # OUTPUT INIT STEPS LR WEIGHTS SEED [flags]
+train() {  # OUTPUT INIT MANIFEST STEPS LR WEIGHTS SEED [flags]
   local resume=(); ls -d "$1"/checkpoint-* >/dev/null 2>&1 && resume=(--resume_from_checkpoint last)
   [ -f "$1/model.safetensors" ] && return 0
   python train_hf.py --init_from "$2" --base_model_reference ../smolvlm-world \
-    --train_manifest "$DATA/train_compose_teacher.jsonl" --data_root "$DATA" --output_dir "$1" \
+    --train_manifest "$DATA/$3" --data_root "$DATA" --output_dir "$1" \
     --num_frames 4 --questions_per_video 16 --per_device_train_batch_size 8 --kl_weight 1.0 \
-    --question_type_weights "$5" --max_steps "$3" --learning_rate "$4" --seed "$6" --logging_steps 25 \
-    --save_strategy steps --save_steps 250 --save_total_limit 2 --report_to none "${@:7}" "${resume[@]}"
+    --question_type_weights "$6" --max_steps "$4" --learning_rate "$5" --seed "$7" --logging_steps 25 \
+    --save_strategy steps --save_steps 250 --save_total_limit 2 --report_to none "${@:8}" "${resume[@]}"
 }
-train "$OUT/stage1" "$INIT" 3000 3e-4 order=4,count=3 42 --segment_composition latents --use_segment_place true
-train "$OUT" "$OUT/stage1" 2000 2e-4 order=4,count=3,direction=3 7
+train "$OUT/stage1" "$INIT" train_compose_teacher.jsonl 3000 3e-4 order=4,count=3 42 \
+  --segment_composition latents --use_segment_place true
+train "$OUT/stage2" "$OUT/stage1" train_compose_teacher.jsonl 2000 2e-4 order=4,count=3,direction=3 7
+train "$OUT" "$OUT/stage2" train_harder_mix.jsonl 2000 2e-4 order=4,count=3,direction=3,colour_change=3 11
 python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT --output_dir $OUT/eval \
   --overwrite
 for segments in 2 4; do

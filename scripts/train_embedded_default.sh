@@ -87,8 +87,9 @@ OMP_NUM_THREADS=1 torchrun --nproc_per_node "$NPROC" train_hf.py "${model[@]}" -
   --learning_rate "${LEARNING_RATE:-1e-3}" --logging_steps 25 --save_strategy steps --save_steps 200 \
   --save_total_limit 2 --report_to none "${resume[@]}"
 
-# 4b. Composition (README, "Long videos"): continue it for 3,000 steps with segments composed in latent space and
-#     told their place, on clips of its own (DATA_COMPOSE); SKIP_COMPOSE=1 ships step 4's hypernetwork instead.
+# 4b. Composition (README, "Long videos"): continue it in three stages (7,000 steps) with segments composed in latent
+#     space and told their place, the last adding the sweep's harder scenes, on clips of its own (DATA_COMPOSE);
+#     SKIP_COMPOSE=1 ships step 4's hypernetwork instead.
 FINAL="$RUNS/video2lora"
 if [ -z "${SKIP_COMPOSE:-}" ]; then
   DATA="${DATA_COMPOSE:-$DATA-compose}" INIT="$RUNS/video2lora" OUT="$RUNS/compose" bash scripts/compose_finetune.sh
