@@ -1,6 +1,7 @@
 """A long video end to end on the embedded default: a 1,024-frame world clip, internalized segment by segment, answers
 about both its first and its last segment with one composed adapter."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -69,3 +70,24 @@ def test_a_1024_frame_video_answers_about_its_first_and_last_segment(long_clips)
     assert accuracy["first"] >= 0.75 and accuracy["last"] >= 0.75, accuracy
     # ... and the last segment's answers come from the last segment's adapter, not from guessing.
     assert accuracy["last, first segment's adapter only"] <= accuracy["last"] - 0.3, accuracy
+
+
+def _sweep_module():
+    path = Path(__file__).resolve().parent.parent / "scripts" / "long_video_sweep.py"
+    spec = importlib.util.spec_from_file_location("long_video_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sweep_table_states_each_types_equivalence_and_clip_count():
+    sweep = _sweep_module()
+    score = {"n": 300, "blind": 0.2, "base": 0.98, "v2l": 0.97, "delta": -0.01, "ci": [-0.02, 0.0], "equivalent": True}
+    short = {**score, "n": 62, "v2l": 0.77, "delta": -0.07, "ci": [-0.2, 0.05], "equivalent": False}
+    result = {"name": "8 steps", "clips": 200, "steps": 8, "segments": 2, "scores": {"all QA": score, "order": short}}
+    text = sweep.table([result])
+    assert "| 8 steps | 200 | 8 | 8 | 2 | 300 |" in text
+    assert "0.98 / 0.77 (62, no)" in text  # a short type says so, with its count of questions
+    assert "| – |" in text  # types without questions are left blank, not scored
+    # The harder scenes are the kinds that take --harder-clips.
+    assert {v["name"] for v in sweep.variants()} - {f"{n}x" for n in sweep.LENGTHS} == set(sweep.HARDER)
