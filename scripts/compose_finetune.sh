@@ -7,7 +7,7 @@
 # lr 3e-4 with count tokens 3x and order 4x (OUT/stage1); 2,000 at lr 2e-4 with direction 3x too (OUT/stage2); then
 # 2,000 at lr 2e-4 with colour change 3x too, adding the harder scenes of the sweep to the clips (1,000 with 4
 # objects, 1,000 with 2 events, 1,500 of 8 steps read as two segments against the teacher reading all 8 frames;
-# OUT). Then the held-out evaluations. About 80 minutes on 2 cores (teacher 10, training 31 + 24 + 12, evaluations
+# OUT). Then the held-out evaluations. About 90 minutes on 2 cores (teacher 10, training 31 + 24 + 12, evaluations
 # 10). Every step resumes or skips what exists when rerun.
 #
 #   INIT=path/to/hypernetwork bash scripts/compose_finetune.sh   # -> runs/compose/ and its eval folders (OUT=...)
