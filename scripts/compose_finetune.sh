@@ -30,20 +30,19 @@ w() { python -m video2lora.world --out "$DATA" --no-progress "$@"; }
 [ -f "$DATA/test_two_segment.jsonl" ] || w --split test --num-clips 400 --two-segment
 cat "$DATA/train.jsonl" "$DATA/train_order.jsonl" > "$DATA/train_all.jsonl"
 python scripts/composition_rows.py --whole "$DATA/train_two_segment.jsonl" > "$DATA/train_two_segment_whole.jsonl"
-echo "teacher start $(date)"
-torchrun --nproc_per_node 2 -m video2lora.teacher --model "$BASE" --manifest "$DATA/train_all.jsonl" \
-  --output "$DATA/train_teacher.jsonl" --num_frames 4 --batch_size 64 --top_k_logprobs 8 --no_progress
-torchrun --nproc_per_node 2 -m video2lora.teacher --model "$BASE" --manifest "$DATA/train_two_segment_whole.jsonl" \
-  --output "$DATA/train_two_segment_teacher.jsonl" --num_frames 8 --batch_size 64 --top_k_logprobs 8 --no_progress
 cat "$DATA/train_objects4.jsonl" "$DATA/train_events2.jsonl" > "$DATA/train_harder.jsonl"
-torchrun --nproc_per_node 2 -m video2lora.teacher --model "$BASE" --manifest "$DATA/train_harder.jsonl" \
-  --output "$DATA/train_harder_teacher.jsonl" --num_frames 4 --batch_size 64 --top_k_logprobs 8 --no_progress
-torchrun --nproc_per_node 2 -m video2lora.teacher --model "$BASE" --manifest "$DATA/train_steps8.jsonl" \
-  --output "$DATA/train_steps8_teacher.jsonl" --num_frames 8 --batch_size 64 --top_k_logprobs 8 --no_progress
+teach() {  # MANIFEST OUTPUT FRAMES: the teacher's answers (resumable), reading FRAMES frames of each clip
+  torchrun --nproc_per_node 2 -m video2lora.teacher --model "$BASE" --manifest "$DATA/$1" --output "$DATA/$2" \
+    --num_frames "$3" --batch_size 64 --top_k_logprobs 8 --no_progress
+}
+echo "teacher start $(date)"
+teach train_all.jsonl train_teacher.jsonl 4
+teach train_two_segment_whole.jsonl train_two_segment_teacher.jsonl 8
+teach train_harder.jsonl train_harder_teacher.jsonl 4
+teach train_steps8.jsonl train_steps8_teacher.jsonl 8
 cp "$DATA/train_teacher.jsonl" "$DATA/train_compose_teacher.jsonl"
 python scripts/composition_rows.py "$DATA/train_two_segment_teacher.jsonl" >> "$DATA/train_compose_teacher.jsonl"
-cp "$DATA/train_compose_teacher.jsonl" "$DATA/train_harder_mix.jsonl"
-cat "$DATA/train_harder_teacher.jsonl" >> "$DATA/train_harder_mix.jsonl"
+cat "$DATA/train_compose_teacher.jsonl" "$DATA/train_harder_teacher.jsonl" > "$DATA/train_harder_mix.jsonl"
 python scripts/composition_rows.py --halves "$DATA/train_steps8_teacher.jsonl" >> "$DATA/train_harder_mix.jsonl"
 wc -l "$DATA/train_compose_teacher.jsonl" "$DATA/train_harder_mix.jsonl"
 echo "train start $(date)"
