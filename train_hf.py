@@ -1457,7 +1457,17 @@ def _run_from_command_line() -> int:
         print("train_hf.py: interrupted; rerun with --resume_from_checkpoint last to continue from the newest "
               "checkpoint", file=sys.stderr)
         return 130
+    end_distributed_run()
     return 0
+
+
+def end_distributed_run() -> None:
+    """Under `accelerate launch`: wait for every process, then close the process group. A process that exits while
+    another still writes or uploads tears its communication threads down mid-use; DeepSpeed's run then aborts
+    (`terminate called without an active exception`) after a run whose checkpoints are all written."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

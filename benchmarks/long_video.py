@@ -16,6 +16,11 @@ over a quarter of it). Results go to `benchmarks/results/long_video_<model>.json
 
 Run: `python -m benchmarks.long_video --model tiny` (W = 64; 64 to 1,024 frames) and
 `python -m benchmarks.long_video --model 500m [--compose latents]` (W = 8, 128 px; 8 to 32 frames).
+
+On a GPU, `--device cuda [--dtype bfloat16]` measures in one process instead, since CUDA's allocator can reset its
+peak between points: the peak of `torch.cuda.max_memory_allocated()` above what is allocated before the call. There
+the 500M architecture runs at its real 512 px (64 tokens per frame), W = 16, 16 to 1,024 frames; results get a
+`_cuda` suffix (and the dtype's, when not float32).
 """
 
 from __future__ import annotations
@@ -48,8 +53,20 @@ SETTINGS = {
     "500m": dict(frames=[8, 16, 32], window=8, image_size=128),
     "quick": dict(frames=[4, 8], window=4, image_size=None),
 }
+# A GPU runs the 500M shape at the resolution it is used at; the CPU cannot (minutes per point).
+CUDA_SETTINGS = {**SETTINGS, "500m": dict(frames=[16, 64, 256, 1024], window=16, image_size=None)}
 MODES = ("whole", "segmented")
 MAX_RANK = 64  # what a server's --max-lora-rank would allow
+
+
+def internalize_frames(model, frames, count: int, mode: str, window: int, compose: str | None) -> None:
+    """One internalization of the first `count` frames: in one context, or in `window`-frame segments."""
+    video = frames[:count]
+    with torch.inference_mode():
+        if mode == "whole" or count <= window:
+            model.internalize(video, num_frames=count)
+        else:
+            model.internalize(video, num_frames=window, segments=count // window, max_rank=MAX_RANK, compose=compose)
 
 
 def worker(name: str, num_frames: int, mode: str, window: int, image_size: int | None, threads: int,
@@ -58,25 +75,44 @@ def worker(name: str, num_frames: int, mode: str, window: int, image_size: int |
     torch.set_num_threads(threads)
     bench = load_model(name, image_size=image_size)
     frames = make_frames(num_frames, bench.image_size)
-
-    def internalize(count: int) -> None:
-        video = frames[:count]
-        with torch.inference_mode():
-            if mode == "whole" or count <= window:
-                bench.model.internalize(video, num_frames=count)
-            else:
-                bench.model.internalize(video, num_frames=window, segments=count // window, max_rank=MAX_RANK,
-                                        compose=compose)
-
-    internalize(min(2, num_frames))  # lazy initialization stays out of the measurement
+    # Lazy initialization stays out of the measurement.
+    internalize_frames(bench.model, frames, min(2, num_frames), mode, window, compose)
     gc.collect()
     baseline = current_rss_bytes()
     resettable = reset_peak_rss()
     started = time.perf_counter()
-    internalize(num_frames)
+    internalize_frames(bench.model, frames, num_frames, mode, window, compose)
     elapsed = time.perf_counter() - started
     return {"frames": num_frames, "mode": mode, "seconds": elapsed, "peak_above_baseline_bytes":
             peak_rss_bytes() - baseline, "peak_reset": resettable}
+
+
+def measure_cuda(name: str, dtype: torch.dtype, compose: str | None = None) -> dict[str, Any]:
+    """Every point in this process on the GPU: the allocator's peak is reset before each call."""
+    settings = CUDA_SETTINGS[name]
+    bench = load_model(name, image_size=settings["image_size"])
+    bench.model.to(device="cuda", dtype=dtype)
+    frames = make_frames(max(settings["frames"]), bench.image_size)
+    rows = []
+    for mode in MODES:
+        internalize_frames(bench.model, frames, 2 * settings["window"], mode, settings["window"], compose)  # warm-up
+        for num_frames in settings["frames"]:
+            gc.collect()
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            baseline = torch.cuda.memory_allocated()
+            started = time.perf_counter()
+            internalize_frames(bench.model, frames, num_frames, mode, settings["window"], compose)
+            torch.cuda.synchronize()
+            rows.append({"frames": num_frames, "mode": mode, "seconds": time.perf_counter() - started,
+                         "peak_above_baseline_bytes": torch.cuda.max_memory_allocated() - baseline})
+            print(f"  {name} {mode:>9} {num_frames:>5} frames: peak +{format_bytes(rows[-1]['peak_above_baseline_bytes'])}"
+                  f" (CUDA), {rows[-1]['seconds']:.2f} s", flush=True)
+    machine = {**machine_info(), "device": torch.cuda.get_device_name(), "dtype": str(dtype).removeprefix("torch."),
+               "memory": "torch.cuda.max_memory_allocated() above the allocation before the call",
+               "note": "one process on the GPU; the processor's CPU work runs on torch_threads threads"}
+    return summarize(name, settings, rows, compose, machine, bench.image_size)
 
 
 def measure(name: str, threads: int, compose: str | None = None) -> dict[str, Any]:
@@ -93,6 +129,12 @@ def measure(name: str, threads: int, compose: str | None = None) -> dict[str, An
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
             print(f"  {name} {mode:>9} {num_frames:>5} frames: peak +{format_bytes(rows[-1]['peak_above_baseline_bytes'])}"
                   f", {rows[-1]['seconds']:.2f} s", flush=True)
+    return summarize(name, settings, rows, compose, machine_info(), settings["image_size"])
+
+
+def summarize(name: str, settings: dict, rows: list[dict], compose: str | None, machine: dict,
+              image_size: int | None) -> dict[str, Any]:
+    """The targets' ratios: memory at the largest count over the smallest, time at the largest over a quarter."""
     first, last = settings["frames"][0], settings["frames"][-1]
     quarter = last // 4 if last // 4 in settings["frames"] else first
     summary = {}
@@ -104,8 +146,7 @@ def measure(name: str, threads: int, compose: str | None = None) -> dict[str, An
             f"time_{last}_over_{quarter}": by_frames[last]["seconds"] / by_frames[quarter]["seconds"],
         }
     return {"model": name, "compose": compose or "the model's", "window": settings["window"],
-            "image_size": settings["image_size"], "rows": rows,
-            "ratios": summary, "machine": machine_info()}
+            "image_size": image_size, "rows": rows, "ratios": summary, "machine": machine}
 
 
 def plot(result: dict[str, Any], path) -> None:
@@ -120,13 +161,17 @@ def plot(result: dict[str, Any], path) -> None:
         frames = [row["frames"] for row in rows]
         memory.plot(frames, [row["peak_above_baseline_bytes"] / 2**20 for row in rows], marker="o", label=mode)
         seconds.plot(frames, [row["seconds"] for row in rows], marker="o", label=mode)
-    for axis, label in ((memory, "peak RSS above the loaded model (MiB)"), (seconds, "internalize time (s)")):
+    on_gpu = "memory" in result["machine"]  # measure_cuda's
+    memory_label = "peak CUDA memory above the loaded model (MiB)" if on_gpu else "peak RSS above the loaded model (MiB)"
+    for axis, label in ((memory, memory_label), (seconds, "internalize time (s)")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("frames")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.suptitle(f"{result['model']}: one context vs {result['window']}-frame segments")
+    where = f" on {result['machine']['device']}, {result['machine']['dtype']}" if on_gpu else ""
+    size = f", {result['image_size']} px" if result["image_size"] else ""
+    figure.suptitle(f"{result['model']}{size}: one context vs {result['window']}-frame segments{where}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -138,7 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compose", choices=("latents", "concat"), default=None,
                         help="how segments combine (default: the model's segment_composition; the random 500m "
                              "model's is concat); results get a _COMPOSE suffix")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: every point in one process, CUDA memory instead of RSS (see above)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="on cuda: the weights' dtype")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
     if args.worker:
         name = args.model[0]
         settings = SETTINGS[name]
@@ -146,9 +196,14 @@ def main(argv: list[str] | None = None) -> None:
                                 args.threads, args.compose)))
         return
     for name in setup_run(args):
-        result = measure(name, args.threads, args.compose)
+        if args.device == "cuda":
+            result = measure_cuda(name, getattr(torch, args.dtype), args.compose)
+        else:
+            result = measure(name, args.threads, args.compose)
         print(json.dumps(result["ratios"], indent=2))
         stem = f"long_video_{name}" + (f"_{args.compose}" if args.compose else "")
+        if args.device == "cuda":
+            stem += "_cuda" + ("" if args.dtype == "float32" else f"_{args.dtype}")
         write_json(args.output_dir / f"{stem}.json", result)
         plot(result, args.output_dir / f"{stem}.png")
 
