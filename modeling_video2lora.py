@@ -909,7 +909,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
     def internalize(self, video, *, start: float | None = None, end: float | None = None,
                     frame_rate: float | None = None, num_frames: int | None = None, segments: int | None = None,
                     segment_seconds: float | None = None, compose: str | None = None, max_rank: int | None = None,
-                    instruction: str | None = None) -> Video2LoRAAdapter:
+                    keep_place: bool = False, instruction: str | None = None) -> Video2LoRAAdapter:
         """
         The one-call path: a video file, a uint8 array `[T, H, W, 3]`, a list of PIL images or a `SampledVideo` -> one
         adapter.
@@ -934,9 +934,20 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 `config.segment_composition`, the way the hypernetwork was trained to compose.
             max_rank: keep the composed adapter at most this rank ([`Video2LoRAAdapter.compress`]; exact while the
                 rank fits), e.g. a serving engine's maximum LoRA rank.
+            keep_place: read the `start`-`end` span of a file as one segment of the whole file, in its place: the
+                adapter that `segments=` makes for that span before composing it (what a segment knows on its own).
             instruction: overrides `config.instruction`.
         """
         processor = self._require_processor()
+        if keep_place:
+            if not isinstance(video, (str, os.PathLike)) or segments is not None or segment_seconds is not None:
+                raise ValueError("keep_place reads one span of a video file in its place; give a file and start/end, "
+                                 "without segments.")
+            whole = (0.0, video_duration(video))
+            span = (float(start or 0.0), min(float(end), whole[1]) if end is not None else whole[1])
+            if not whole[0] <= span[0] < span[1]:
+                raise ValueError(f"keep_place: the span {span} is not inside the video (0 to {whole[1]:.3g} s).")
+            return self._decode(self._read_segment(video, span, whole, frame_rate, num_frames, instruction)).detach()
         spans = self._segment_spans(video, start, end, frame_rate, segments, segment_seconds)
         if spans is None:
             sampled = processor.sample_video(video, start=start, end=end, frame_rate=frame_rate,
@@ -947,16 +958,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             raise ValueError(f"compose must be 'latents', 'concat' or 'average', got {compose!r}.")
         adapter, latents, whole = None, [], (spans[0][0], spans[-1][1])
         for begin, finish in spans:
-            if isinstance(video, (str, os.PathLike)):
-                sampled = processor.sample_video(video, start=begin, end=finish, num_frames=num_frames)
-            else:  # frames in memory: the segment's frames, at their own rate
-                rate = frame_rate or 1.0
-                sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
-                                                 num_frames=num_frames)
-            # Each segment keeps its place: its frames' times and the duration are the whole video's.
-            timestamps, duration = place_segment(sampled.timestamps, begin, whole)
-            segment_latents = self._encode_frames(replace(sampled, timestamps=timestamps, duration=duration),
-                                                  instruction, segment_fraction((begin, finish), whole))  # [1, L, n, d]
+            segment_latents = self._read_segment(video, (begin, finish), whole, frame_rate, num_frames,
+                                                 instruction)  # [1, L, n, d]
             if compose == "latents":  # a segment's latents are small (L x n x d), its hidden states are not kept
                 latents.append(segment_latents)
                 continue
@@ -978,6 +981,22 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         adapter.metadata = {**adapter.metadata, "segments": [[begin, finish] for begin, finish in spans],
                             "composed": {"mode": compose, "parts": len(spans)}}
         return adapter.detach()
+
+    def _read_segment(self, video, span: tuple[float, float], whole: tuple[float, float], frame_rate: float | None,
+                      num_frames: int | None, instruction: str | None) -> torch.Tensor:
+        """The `span` seconds of `video` (a file, or frames in memory at `frame_rate`), read in their place in `whole`:
+        the frames' times and the duration are the whole video's. -> latents `[1, L, n, d]`."""
+        processor = self._require_processor()
+        begin, finish = span
+        if isinstance(video, (str, os.PathLike)):
+            sampled = processor.sample_video(video, start=begin, end=finish, num_frames=num_frames)
+        else:  # frames in memory: the segment's frames, at their own rate
+            rate = frame_rate or 1.0
+            sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
+                                             num_frames=num_frames)
+        timestamps, duration = place_segment(sampled.timestamps, begin, whole)
+        return self._encode_frames(replace(sampled, timestamps=timestamps, duration=duration), instruction,
+                                   segment_fraction(span, whole))
 
     def _encode_frames(self, sampled, instruction: str | None,
                        place: tuple[float, float] | None = None) -> torch.Tensor:

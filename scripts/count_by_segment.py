@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from modeling_video2lora import Video2LoRAModel
-from video2lora.video import place_segment, segment_fraction
+from video2lora.video import video_duration
 
 QUESTIONS = {"start": "how many objects are there at the start?", "end": "how many objects are there at the end?"}
 
@@ -34,16 +34,9 @@ videos = list(answers)[:args.clips]
 with torch.inference_mode():
     for video in videos:
         path = str(args.manifest.parent / video)
-        whole = (0.0, model.processor.sample_video(path).duration)
-        half = whole[1] / 2
-        adapters = {}
-        for name, span in (("first half alone", (0.0, half)), ("second half alone", (half, whole[1]))):
-            sampled = model.processor.sample_video(path, start=span[0], end=span[1])
-            timestamps, duration = place_segment(sampled.timestamps, span[0], whole)
-            inputs = model.processor.encode_videos([sampled.frames], model.config.instruction,
-                                                   timestamps=[timestamps], durations=[duration])
-            adapters[name] = model.generate_adapter(**inputs, segment_place=torch.tensor([segment_fraction(span,
-                                                                                                           whole)]))
+        half = video_duration(path) / 2
+        adapters = {"first half alone": model.internalize(path, end=half, keep_place=True),
+                    "second half alone": model.internalize(path, start=half, keep_place=True)}
         adapters["composed"] = model.internalize(path, segments=2)
         for name, adapter in adapters.items():
             replies = model.answer(adapter, list(QUESTIONS.values()))

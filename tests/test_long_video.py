@@ -49,7 +49,7 @@ def test_a_1024_frame_video_answers_about_its_first_and_last_segment(long_clips)
         assert len(frames_per_call) == 2 and max(frames_per_call) <= model.processor.video_sampling["max_frames"]
         spans = adapter.metadata["segments"]
         assert spans[0][0] == 0.0 and spans[-1][1] == pytest.approx(16.0, abs=0.1)
-        first_only = model.internalize(path, start=spans[0][0], end=spans[0][1])
+        first_only = model.internalize(path, start=spans[0][0], end=spans[0][1], keep_place=True)
         halves = {half: {row["prompt"] for row in rows if row["metadata"]["segment"] == half}
                   for half in ("first", "second")}
         for row in rows:

@@ -725,6 +725,14 @@ def test_segments_compose_per_segment_adapters_and_one_segment_is_the_plain_adap
     expected = Video2LoRAAdapter.compose([model.internalize(half) for half in placed])
     assert two.metadata["segments"] == [[0.0, 3.0], [3.0, 6.0]]
     assert all(torch.equal(two.lora_A[k], expected.lora_A[k]) for k in plain.lora_A)
+    # keep_place: one half of the file read on its own, in its place, is that half's part of the composition.
+    kept = [model.internalize(path, start=begin, end=finish, num_frames=2, keep_place=True)
+            for begin, finish in ((0, 3), (3, 6))]
+    assert all(torch.equal(two.lora_A[k], Video2LoRAAdapter.compose(kept).lora_A[k]) for k in plain.lora_A)
+    with pytest.raises(ValueError, match="not inside the video"):
+        model.internalize(path, start=7.0, keep_place=True)
+    with pytest.raises(ValueError, match="without segments"):
+        model.internalize(path, start=0.0, end=3.0, segments=2, keep_place=True)
     out_of_place = Video2LoRAAdapter.compose([model.internalize(half) for half in halves])
     assert not torch.equal(two.lora_A["mlp.down_proj"], out_of_place.lora_A["mlp.down_proj"])
     assert two.rank == 2 * plain.rank - plain.shared_rank  # the bias block once
