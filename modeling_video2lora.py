@@ -909,7 +909,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
     def internalize(self, video, *, start: float | None = None, end: float | None = None,
                     frame_rate: float | None = None, num_frames: int | None = None, segments: int | None = None,
                     segment_seconds: float | None = None, compose: str | None = None, max_rank: int | None = None,
-                    keep_place: bool = False, instruction: str | None = None) -> Video2LoRAAdapter:
+                    segment_batch_size: int = 1, keep_place: bool = False, instruction: str | None = None
+                    ) -> Video2LoRAAdapter:
         """
         The one-call path: a video file, a uint8 array `[T, H, W, 3]`, a list of PIL images or a `SampledVideo` -> one
         adapter.
@@ -917,7 +918,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         Frames are sampled by `self.processor.sample_video`, with the settings saved in the processor (the same
         sampler the command line, the teacher, the trainer and the evaluation use, so one file gives one adapter).
         A long video is read in segments: each equal, non-overlapping segment is sampled and read by the base on its
-        own (one at a time, so memory is that of one segment whatever the video's length), with its frames' times and
+        own (`segment_batch_size` at a time, so memory is that of a few segments whatever the video's length), with
+        its frames' times and
         the duration stated as in the whole video's prompt (`place_segment`). The segments then become one adapter:
         their perceiver latents decoded together (`"latents"`), or their adapters composed in rank space
         ([`Video2LoRAAdapter.compose`]). One segment gives exactly the unsegmented adapter.
@@ -934,6 +936,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 `config.segment_composition`, the way the hypernetwork was trained to compose.
             max_rank: keep the composed adapter at most this rank ([`Video2LoRAAdapter.compress`]; exact while the
                 rank fits), e.g. a serving engine's maximum LoRA rank.
+            segment_batch_size: segments the base reads in one batch (each still its own context): more keeps a
+                GPU busy, memory grows with it. The adapter is the same up to floating-point rounding.
             keep_place: read the `start`-`end` span of a file as one segment of the whole file, in its place: the
                 adapter that `segments=` makes for that span before composing it (what a segment knows on its own).
             instruction: overrides `config.instruction`.
@@ -947,28 +951,31 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             span = (float(start or 0.0), min(float(end), whole[1]) if end is not None else whole[1])
             if not whole[0] <= span[0] < span[1]:
                 raise ValueError(f"keep_place: the span {span} is not inside the video (0 to {whole[1]:.3g} s).")
-            return self._decode(self._read_segment(video, span, whole, frame_rate, num_frames, instruction)).detach()
+            return self._decode(self._read_segments(video, [span], whole, frame_rate, num_frames, instruction)).detach()
         spans = self._segment_spans(video, start, end, frame_rate, segments, segment_seconds)
         if spans is None:
             sampled = processor.sample_video(video, start=start, end=end, frame_rate=frame_rate,
                                              num_frames=num_frames)
-            return self._decode(self._encode_frames(sampled, instruction)).detach()
+            return self._decode(self._encode_frames([sampled], instruction)).detach()
         compose = compose or self.config.segment_composition
         if compose not in ("latents", "concat", "average"):
             raise ValueError(f"compose must be 'latents', 'concat' or 'average', got {compose!r}.")
+        if isinstance(segment_batch_size, bool) or not isinstance(segment_batch_size, int) or segment_batch_size < 1:
+            raise ValueError(f"segment_batch_size must be a positive integer, got {segment_batch_size!r}.")
         adapter, latents, whole = None, [], (spans[0][0], spans[-1][1])
-        for begin, finish in spans:
-            segment_latents = self._read_segment(video, (begin, finish), whole, frame_rate, num_frames,
-                                                 instruction)  # [1, L, n, d]
-            if compose == "latents":  # a segment's latents are small (L x n x d), its hidden states are not kept
-                latents.append(segment_latents)
-                continue
-            # A running sum: no more than one segment's adapter is held besides it, and with `max_rank` the sum
-            # itself stays bounded, whatever the number of segments.
-            part = self._decode(segment_latents)
-            adapter = part if adapter is None else Video2LoRAAdapter.compose([adapter, part])
-            if max_rank is not None:
-                adapter = adapter.compress(max_rank)
+        for first in range(0, len(spans), segment_batch_size):
+            batch = self._read_segments(video, spans[first:first + segment_batch_size], whole, frame_rate,
+                                        num_frames, instruction)  # [b, L, n, d]
+            for segment_latents in batch.split(1):  # [1, L, n, d]
+                if compose == "latents":  # a segment's latents are small (L x n x d), its hidden states are not kept
+                    latents.append(segment_latents)
+                    continue
+                # A running sum: no more than one segment's adapter is held besides it, and with `max_rank` the sum
+                # itself stays bounded, whatever the number of segments.
+                part = self._decode(segment_latents)
+                adapter = part if adapter is None else Video2LoRAAdapter.compose([adapter, part])
+                if max_rank is not None:
+                    adapter = adapter.compress(max_rank)
         if compose == "latents":
             adapter = self._decode(torch.cat(latents, dim=2))  # [1, L, k n, d]: every segment, decoded at once
             if max_rank is not None:
@@ -982,32 +989,34 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                             "composed": {"mode": compose, "parts": len(spans)}}
         return adapter.detach()
 
-    def _read_segment(self, video, span: tuple[float, float], whole: tuple[float, float], frame_rate: float | None,
-                      num_frames: int | None, instruction: str | None) -> torch.Tensor:
-        """The `span` seconds of `video` (a file, or frames in memory at `frame_rate`), read in their place in `whole`:
-        the frames' times and the duration are the whole video's. -> latents `[1, L, n, d]`."""
+    def _read_segments(self, video, spans: list[tuple[float, float]], whole: tuple[float, float],
+                       frame_rate: float | None, num_frames: int | None, instruction: str | None) -> torch.Tensor:
+        """The `spans` (seconds) of `video` (a file, or frames in memory at `frame_rate`), each read in its place in
+        `whole`: the frames' times and the duration are the whole video's. One batch -> latents `[b, L, n, d]`."""
         processor = self._require_processor()
-        begin, finish = span
-        if isinstance(video, (str, os.PathLike)):
-            sampled = processor.sample_video(video, start=begin, end=finish, num_frames=num_frames)
-        else:  # frames in memory: the segment's frames, at their own rate
-            rate = frame_rate or 1.0
-            sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
-                                             num_frames=num_frames)
-        timestamps, duration = place_segment(sampled.timestamps, begin, whole)
-        return self._encode_frames(replace(sampled, timestamps=timestamps, duration=duration), instruction,
-                                   segment_fraction(span, whole))
+        placed = []
+        for begin, finish in spans:
+            if isinstance(video, (str, os.PathLike)):
+                sampled = processor.sample_video(video, start=begin, end=finish, num_frames=num_frames)
+            else:  # frames in memory: the segment's frames, at their own rate
+                rate = frame_rate or 1.0
+                sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
+                                                 num_frames=num_frames)
+            timestamps, duration = place_segment(sampled.timestamps, begin, whole)
+            placed.append(replace(sampled, timestamps=timestamps, duration=duration))
+        return self._encode_frames(placed, instruction, [segment_fraction(span, whole) for span in spans])
 
-    def _encode_frames(self, sampled, instruction: str | None,
-                       place: tuple[float, float] | None = None) -> torch.Tensor:
-        """Sampled frames (at `place` in their whole video, fractions; `None`: a whole video) -> the perceiver's
-        latents `[1, L, n, d]` for them."""
+    def _encode_frames(self, sampled: list, instruction: str | None,
+                       places: list[tuple[float, float]] | None = None) -> torch.Tensor:
+        """Sampled videos (at `places` in their whole videos, fractions; `None`: whole videos) -> the perceiver's
+        latents `[b, L, n, d]` for them, one batch."""
         processor = self._require_processor()
-        inputs = processor.encode_videos([sampled.frames], instruction or self.config.instruction,
-                                         timestamps=[sampled.timestamps], durations=[sampled.duration])
+        inputs = processor.encode_videos([video.frames for video in sampled], instruction or self.config.instruction,
+                                         timestamps=[video.timestamps for video in sampled],
+                                         durations=[video.duration for video in sampled])
         inputs = inputs.to(self.vlm.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
-        segment_place = None if place is None else torch.tensor([place], device=self.vlm.device)
+        segment_place = None if places is None else torch.tensor(places, device=self.vlm.device)
         return self.encode_context(**inputs, segment_place=segment_place)
 
     def _segment_spans(self, video, start, end, frame_rate, segments, segment_seconds):

@@ -20,7 +20,7 @@ Run: `python -m benchmarks.long_video --model tiny` (W = 64; 64 to 1,024 frames)
 On a GPU, `--device cuda [--dtype bfloat16]` measures in one process instead, since CUDA's allocator can reset its
 peak between points: the peak of `torch.cuda.max_memory_allocated()` above what is allocated before the call. There
 the 500M architecture runs at its real 512 px (64 tokens per frame), W = 16, 16 to 1,024 frames; results get a
-`_cuda` suffix (and the dtype's, when not float32).
+`_cuda` suffix (and the dtype's, when not float32). `--segment-batch-size B` reads B segments per batch of the base.
 """
 
 from __future__ import annotations
@@ -59,14 +59,16 @@ MODES = ("whole", "segmented")
 MAX_RANK = 64  # what a server's --max-lora-rank would allow
 
 
-def internalize_frames(model, frames, count: int, mode: str, window: int, compose: str | None) -> None:
+def internalize_frames(model, frames, count: int, mode: str, window: int, compose: str | None,
+                       segment_batch_size: int = 1) -> None:
     """One internalization of the first `count` frames: in one context, or in `window`-frame segments."""
     video = frames[:count]
     with torch.inference_mode():
         if mode == "whole" or count <= window:
             model.internalize(video, num_frames=count)
         else:
-            model.internalize(video, num_frames=window, segments=count // window, max_rank=MAX_RANK, compose=compose)
+            model.internalize(video, num_frames=window, segments=count // window, max_rank=MAX_RANK, compose=compose,
+                              segment_batch_size=segment_batch_size)
 
 
 def worker(name: str, num_frames: int, mode: str, window: int, image_size: int | None, threads: int,
@@ -87,7 +89,8 @@ def worker(name: str, num_frames: int, mode: str, window: int, image_size: int |
             peak_rss_bytes() - baseline, "peak_reset": resettable}
 
 
-def measure_cuda(name: str, dtype: torch.dtype, compose: str | None = None) -> dict[str, Any]:
+def measure_cuda(name: str, dtype: torch.dtype, compose: str | None = None, segment_batch_size: int = 1
+                 ) -> dict[str, Any]:
     """Every point in this process on the GPU: the allocator's peak is reset before each call."""
     settings = CUDA_SETTINGS[name]
     bench = load_model(name, image_size=settings["image_size"])
@@ -95,7 +98,8 @@ def measure_cuda(name: str, dtype: torch.dtype, compose: str | None = None) -> d
     frames = make_frames(max(settings["frames"]), bench.image_size)
     rows = []
     for mode in MODES:
-        internalize_frames(bench.model, frames, 2 * settings["window"], mode, settings["window"], compose)  # warm-up
+        internalize_frames(bench.model, frames, 2 * settings["window"], mode, settings["window"], compose,
+                           segment_batch_size)  # warm-up
         for num_frames in settings["frames"]:
             gc.collect()
             torch.cuda.synchronize()
@@ -103,13 +107,14 @@ def measure_cuda(name: str, dtype: torch.dtype, compose: str | None = None) -> d
             torch.cuda.reset_peak_memory_stats()
             baseline = torch.cuda.memory_allocated()
             started = time.perf_counter()
-            internalize_frames(bench.model, frames, num_frames, mode, settings["window"], compose)
+            internalize_frames(bench.model, frames, num_frames, mode, settings["window"], compose, segment_batch_size)
             torch.cuda.synchronize()
             rows.append({"frames": num_frames, "mode": mode, "seconds": time.perf_counter() - started,
                          "peak_above_baseline_bytes": torch.cuda.max_memory_allocated() - baseline})
             print(f"  {name} {mode:>9} {num_frames:>5} frames: peak +{format_bytes(rows[-1]['peak_above_baseline_bytes'])}"
                   f" (CUDA), {rows[-1]['seconds']:.2f} s", flush=True)
     machine = {**machine_info(), "device": torch.cuda.get_device_name(), "dtype": str(dtype).removeprefix("torch."),
+               "segment_batch_size": segment_batch_size,
                "memory": "torch.cuda.max_memory_allocated() above the allocation before the call",
                "note": "one process on the GPU; the processor's CPU work runs on torch_threads threads"}
     return summarize(name, settings, rows, compose, machine, bench.image_size)
@@ -186,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: every point in one process, CUDA memory instead of RSS (see above)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="on cuda: the weights' dtype")
+    parser.add_argument("--segment-batch-size", type=int, default=1,
+                        help="on cuda: segments read in one batch (`internalize(segment_batch_size=)`); results get a "
+                             "_batchN suffix when above 1")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
@@ -197,13 +205,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     for name in setup_run(args):
         if args.device == "cuda":
-            result = measure_cuda(name, getattr(torch, args.dtype), args.compose)
+            result = measure_cuda(name, getattr(torch, args.dtype), args.compose, args.segment_batch_size)
         else:
             result = measure(name, args.threads, args.compose)
         print(json.dumps(result["ratios"], indent=2))
         stem = f"long_video_{name}" + (f"_{args.compose}" if args.compose else "")
         if args.device == "cuda":
             stem += "_cuda" + ("" if args.dtype == "float32" else f"_{args.dtype}")
+            stem += f"_batch{args.segment_batch_size}" if args.segment_batch_size > 1 else ""
         write_json(args.output_dir / f"{stem}.json", result)
         plot(result, args.output_dir / f"{stem}.png")
 

@@ -115,6 +115,20 @@ def test_internalize_span_and_num_frames(capsys, model_dir, world, tmp_path):
     assert all(0 <= t < 1.0 for t in frames["timestamps"])
 
 
+def test_internalize_segments_is_the_python_adapter_and_records_each_span(capsys, model, model_dir, world, tmp_path):
+    video_path, out = world[1][0], tmp_path / "adapter"
+    code, _, _ = run_cli(capsys, "internalize", video_path, "-o", out, "--model", model_dir, "--segments", "3",
+                         "--num_frames", "2", "--segment_batch_size", "2")
+    assert code == 0
+    expected = model.internalize(video_path, segments=3, num_frames=2)  # one segment at a time
+    record = json.loads((out / "video2lora.json").read_text())["frames"]
+    assert record["segments"] == expected.metadata["segments"] and len(record["segments"]) == 3
+    adapter = Video2LoRAAdapter.from_pretrained(out)
+    assert adapter.rank == expected.rank
+    for name, b in expected.scaled_B().items():  # stored in the base's dtype (fp32 here); batched reads round apart
+        torch.testing.assert_close(adapter.scaled_B()[name], b, rtol=1e-4, atol=1e-5)
+
+
 def test_ask_with_video_and_with_adapter_dir(capsys, model, model_dir, world, tmp_path):
     video_path, question = world[1][0], "what colour is the square?"
     expected = v2l_answer(model, video_path, question)

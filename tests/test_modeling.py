@@ -738,6 +738,16 @@ def test_segments_compose_per_segment_adapters_and_one_segment_is_the_plain_adap
     assert two.rank == 2 * plain.rank - plain.shared_rank  # the bias block once
     by_seconds = model.internalize(path, segment_seconds=2.5)
     assert by_seconds.metadata["segments"] == [[0.0, 2.5], [2.5, 5.0], [5.0, 6.0]]
+    # Segments read in batches (a shorter last one padded in its batch): the same adapter, either composition.
+    for compose in ("concat", "latents"):
+        one_at_a_time = model.internalize(path, segment_seconds=2.5, compose=compose)
+        batched = model.internalize(path, segment_seconds=2.5, compose=compose, segment_batch_size=2)
+        assert batched.rank == one_at_a_time.rank and batched.metadata == one_at_a_time.metadata
+        for name, b in one_at_a_time.scaled_B().items():
+            torch.testing.assert_close(batched.scaled_B()[name], b, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(batched.lora_A[name], one_at_a_time.lora_A[name], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="segment_batch_size"):
+        model.internalize(path, segments=2, segment_batch_size=0)
     frames = make_frames(12, seed=5)
     in_memory = model.internalize(frames, frame_rate=2.0, segments=3)
     thirds = [model.internalize(segment_in_place(model, frames, i, i + 4, frame_rate=2.0)) for i in (0, 4, 8)]

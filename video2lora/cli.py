@@ -104,6 +104,9 @@ def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_rank", type=positive_int, default=None,
                         help="keep a segmented video's adapter at most this rank (truncated SVD after each segment, "
                              "exact while it fits), e.g. a server's --max-lora-rank")
+    parser.add_argument("--segment_batch_size", type=positive_int, default=1,
+                        help="segments the base reads in one batch: more keeps a GPU busy, memory grows with it "
+                             "(the same adapter up to rounding)")
 
 
 def _key_value(text: str, usage: str) -> tuple[str, str]:
@@ -379,7 +382,8 @@ def _internalize(model: Video2LoRAModel, args: argparse.Namespace, path: str, vi
         return model.internalize(video)
     try:
         return model.internalize(path, start=args.start, end=args.end, num_frames=args.num_frames,
-                                 segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank)
+                                 segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank,
+                                 segment_batch_size=args.segment_batch_size)
     except VideoDecodeError:
         raise
     except ValueError as error:
@@ -450,7 +454,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             adapter, stored = store.internalize(
                 model, args.source, reference=_model_reference(args.model), start=args.start, end=args.end,
                 num_frames=args.num_frames, segments=args.segments, segment_seconds=args.segment_seconds,
-                max_rank=args.max_rank, extra_files=lambda made, frames: _adapter_files(args, args.source, model, made, frames, "adapter"))
+                max_rank=args.max_rank, segment_batch_size=args.segment_batch_size, extra_files=lambda made, frames: _adapter_files(args, args.source, model, made, frames, "adapter"))
         except ValueError as error:  # a span or frame count the video cannot meet
             if isinstance(error, VideoDecodeError):
                 raise
@@ -618,7 +622,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             adapter, stored = store.internalize(
                 model, video, reference=reference, start=args.start, end=args.end, num_frames=args.num_frames,
                 segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank,
-                extra_files=lambda made, frames, video=video: _adapter_files(args, video, model, made, frames,
+                segment_batch_size=args.segment_batch_size, extra_files=lambda made, frames, video=video: _adapter_files(args, video, model, made, frames,
                                                                               "adapter"))
         except ValueError as error:  # a span or frame count the video cannot meet
             if isinstance(error, VideoDecodeError):

@@ -142,7 +142,7 @@ class AdapterStore:
     def internalize(self, model: Video2LoRAModel, video: str | os.PathLike, *, reference: str | None = None,
                     start: float | None = None, end: float | None = None, num_frames: int | None = None,
                     segments: int | None = None, segment_seconds: float | None = None, max_rank: int | None = None,
-                    extra_files: Callable[[Video2LoRAAdapter, SampledVideo], dict[str, str]] | None = None,
+                    segment_batch_size: int = 1, extra_files: Callable[[Video2LoRAAdapter, SampledVideo], dict[str, str]] | None = None,
                     ) -> tuple[Video2LoRAAdapter, bool]:
         """
         The adapter of a video file: from the store when it holds one for this video, model and settings, else
@@ -153,6 +153,7 @@ class AdapterStore:
             video: a video file (its content, not its path, is part of the key).
             reference: how the model was named (Hub id or folder), recorded in the key.
             start / end / num_frames / segments / segment_seconds / max_rank: as for `model.internalize`.
+            segment_batch_size: as for `model.internalize`; not part of the key (the same adapter up to rounding).
             extra_files: makes the side files (provenance, card) of a new adapter from it and its frames.
 
         Returns:
@@ -169,7 +170,8 @@ class AdapterStore:
             adapter = model.internalize(frames)
         else:
             adapter = model.internalize(video, start=start, end=end, num_frames=num_frames, segments=segments,
-                                        segment_seconds=segment_seconds, max_rank=max_rank)
+                                        segment_seconds=segment_seconds, max_rank=max_rank,
+                                        segment_batch_size=segment_batch_size)
         self.put(key, adapter, extra_files=extra_files(adapter, frames) if extra_files else None)
         # What was stored (in the base's dtype), so that this answer and every later one use the same weights.
         return self.get(key) or adapter, False
