@@ -69,4 +69,20 @@ for segments in 2 4; do
   python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments $segments \
     --num_frames 4 --model $OUT --output_dir $OUT/eval-compose-$segments --overwrite
 done
+# Not shipped (README, "Long videos"): STAGE4=1 continues OUT for 1,500 steps at lr 1e-4 with 2,000 more 2-event and
+# 1,500 more 8-step clips and colour change 4x (OUT/stage4, about 35 minutes with its evaluations).
+if [ "${STAGE4:-0}" = 1 ]; then
+  [ -f "$DATA/train_events2b.jsonl" ] || w --split train --num-clips 2000 --seed-offset 56000 --max-events 2 --manifest-name train_events2b.jsonl
+  [ -f "$DATA/train_steps8b.jsonl" ] || w --split train --num-clips 1500 --seed-offset 58000 --num-steps 8 --max-events 2 --manifest-name train_steps8b.jsonl
+  teach train_events2b.jsonl train_events2b_teacher.jsonl 4
+  teach train_steps8b.jsonl train_steps8b_teacher.jsonl 8
+  cat "$DATA/train_harder_mix.jsonl" "$DATA/train_events2b_teacher.jsonl" > "$DATA/train_stage4_mix.jsonl"
+  python scripts/composition_rows.py --halves "$DATA/train_steps8b_teacher.jsonl" >> "$DATA/train_stage4_mix.jsonl"
+  train "$OUT/stage4" "$OUT" train_stage4_mix.jsonl 1500 1e-4 order=4,count=3,direction=3,colour_change=4 13
+  python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT/stage4 --output_dir $OUT/stage4/eval --overwrite
+  for segments in 2 4; do
+    python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments $segments \
+      --num_frames 4 --model $OUT/stage4 --output_dir $OUT/stage4/eval-compose-$segments --overwrite
+  done
+fi
 echo "done $(date)"
