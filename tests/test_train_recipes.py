@@ -224,7 +224,7 @@ def test_fsdp_config_shards_the_hypernetwork_and_matches_ddp(ddp_run, workspace)
 
 # A mark, not pytest.importorskip in the body: that would skip only after the DDP run the test compares with.
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="configs/accelerate_deepspeed_zero2.yaml "
-                    "needs deepspeed: pip install --no-build-isolation deepspeed (the `deepspeed` extra)")
+                    "needs deepspeed: pip install wheel && pip install --no-build-isolation deepspeed")
 def test_deepspeed_zero2_config_partitions_the_optimizer_matches_ddp_and_resumes(ddp_run, workspace):
     # The DDP command with the ZeRO-2 config: train_hf.py starts gloo CPU processes and accelerate's Accelerator then
     # wraps the model in DeepSpeed (its CPU accelerator, gloo). The first run JIT-builds DeepSpeed's shm comm op.
