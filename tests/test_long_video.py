@@ -1,5 +1,5 @@
 """A long video end to end on the embedded default: a 1,024-frame world clip, internalized segment by segment, answers
-about both its first and its last segment with one composed adapter."""
+about both its first and its last segment with one composed adapter; and the sweep's tables."""
 
 import importlib.util
 import json
@@ -91,3 +91,40 @@ def test_the_sweep_table_states_each_types_equivalence_and_clip_count():
     assert "| – |" in text  # types without questions are left blank, not scored
     # The harder scenes are the kinds that take --harder-clips.
     assert {v["name"] for v in sweep.variants()} - {f"{n}x" for n in sweep.LENGTHS} == set(sweep.HARDER)
+
+
+def test_boundary_events_tells_a_change_between_segments_from_one_inside(tmp_path):
+    """scripts/boundary_events.py on a hand-made sweep of two 8-step clips read as 2 segments: one colour change on
+    step 4 (the second segment's first: no segment sees it), one on another step."""
+    import subprocess
+    import sys
+
+    from video2lora.world.clip import generate_clip
+
+    found = {}
+    for seed in range(2_000_000, 2_000_400):  # test-split seeds with one colour change each, at and off step 4
+        changes = [e for e in generate_clip(seed, num_steps=8).events if e.kind == "colour_change"]
+        if len(changes) == 1:
+            found.setdefault("boundary" if changes[0].step == 4 else "inside", (seed, changes[0].object_index))
+        if len(found) == 2:
+            break
+    stem, rows, records = "8_steps-2", [], []
+    for where, (seed, changed) in found.items():
+        rows.append({"id": f"{seed}-qa", "metadata": {"seed": seed, "objects": [changed]}})
+        right = where == "inside"  # V2L right inside a segment only; Base right on both
+        records.append({"id": f"{seed}-qa", "question_type": "colour_change", "scores": {
+            "base": {"exact_match": 1.0}, "v2l": {"exact_match": float(right)}}})
+    (tmp_path / "clips" / stem).mkdir(parents=True)
+    (tmp_path / "clips" / stem / f"{stem}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = {"results": [{"name": "8 steps", "steps": 8, "world": [], "segments": 2,
+                            "output_dir": str(tmp_path / "eval" / stem)},
+                           {"name": "1x", "steps": 4, "world": ["--max-events", "1"], "segments": 1,
+                            "output_dir": str(tmp_path / "none")}]}
+    (tmp_path / "eval" / stem).mkdir(parents=True)
+    (tmp_path / "eval" / stem / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    script = Path(__file__).resolve().parent.parent / "scripts" / "boundary_events.py"
+    table = subprocess.run([sys.executable, str(script), "--results", str(tmp_path / "results.json"), "--out",
+                            str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert "| 8 steps | 2 | 1, 1.00, 1.00 | 1, 1.00, 0.00 |" in table
+    assert "| 1x |" not in table  # one segment has no boundary
