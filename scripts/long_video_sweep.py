@@ -65,10 +65,13 @@ def evaluate(variant: dict, args: argparse.Namespace) -> dict:
              "--num-clips", str(clips), "--seed-offset", str(args.seed_offset), "--num-steps",
              str(variant["steps"]), *variant["world"], "--manifest-name", manifest.name, "--no-progress"],
             args.threads)
-    output = args.out / (args.name or Path(args.model).name) / (args.compose or "default") / stem
+    composition = (args.compose or "default") + (f"-overlap{args.segment_overlap}" if args.segment_overlap else "")
+    output = args.out / (args.name or Path(args.model).name) / composition / stem
     command = [sys.executable, "-m", "video2lora.cli", "eval", "--manifest", str(manifest), "--model", args.model,
                "--num_frames", str(STEPS_PER_TRAINING_CLIP), "--segments", str(variant["segments"]),
-               *(["--compose", args.compose] if args.compose else []), "--output_dir", str(output)]
+               *(["--compose", args.compose] if args.compose else []),
+               *(["--segment_overlap", str(args.segment_overlap)] if args.segment_overlap else []),
+               "--output_dir", str(output)]
     if not (output / "summary.json").is_file():
         run(command + (["--resume"] if (output / "records.jsonl").is_file() else []), args.threads)
     summary = json.loads((output / "summary.json").read_text())
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--harder-clips", type=int, default=None,
                         help="held-out clips per harder scene, for intervals per question type (default: --clips)")
     parser.add_argument("--seed-offset", type=int, default=1000)
+    parser.add_argument("--segment-overlap", type=int, default=0,
+                        help="frames each V2L segment takes over from the one before (`--segment_overlap`)")
     parser.add_argument("--compose", choices=("latents", "concat", "average"), default=None,
                         help="how V2L's segments combine (default: the model's segment_composition)")
     parser.add_argument("--name", default=None, help="folder of this model's evaluations under --out "
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": args.model, "clips_per_kind": args.clips, "clips_per_harder_scene": args.harder_clips,
               "seed_offset": args.seed_offset,
-              "compose": args.compose, "results": results}
+              "compose": args.compose, "segment_overlap": args.segment_overlap, "results": results}
     for result in results:  # folders under --out are the reader's own; keep the record free of machine paths
         result["output_dir"] = os.path.relpath(result["output_dir"], Path.cwd())
     args.results.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")

@@ -118,9 +118,9 @@ def test_internalize_span_and_num_frames(capsys, model_dir, world, tmp_path):
 def test_internalize_segments_is_the_python_adapter_and_records_each_span(capsys, model, model_dir, world, tmp_path):
     video_path, out = world[1][0], tmp_path / "adapter"
     code, _, _ = run_cli(capsys, "internalize", video_path, "-o", out, "--model", model_dir, "--segments", "3",
-                         "--num_frames", "2", "--segment_batch_size", "2")
+                         "--num_frames", "2", "--segment_batch_size", "2", "--segment_overlap", "1")
     assert code == 0
-    expected = model.internalize(video_path, segments=3, num_frames=2)  # one segment at a time
+    expected = model.internalize(video_path, segments=3, num_frames=2, segment_overlap=1)  # one at a time
     record = json.loads((out / "video2lora.json").read_text())["frames"]
     assert record["segments"] == expected.metadata["segments"] and len(record["segments"]) == 3
     adapter = Video2LoRAAdapter.from_pretrained(out)
@@ -432,6 +432,7 @@ def test_arguments_and_paths_are_checked_before_the_model_loads(capsys, world, t
         (["internalize", video, "-o", tmp_path / "a", "--num_frames", "0"], "--num_frames", "integer >= 1"),
         (["ask", video, "what?", "--max_new_tokens", "-3"], "--max_new_tokens", "integer >= 1"),
         (["eval", "--manifest", world[0], "--segments", "0"], "--segments", "integer >= 1"),
+        (["internalize", video, "-o", tmp_path / "a", "--segment_overlap", "-1"], "--segment_overlap", "integer >= 0"),
         (["ask", video, "  "], "question 1 is empty"),
         (["ask", video, "what?", ""], "question 2 is empty"),
         (["internalize", video, "-o", tmp_path / "file" / "sub"], "is a file"),

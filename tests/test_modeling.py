@@ -9,6 +9,7 @@ import sys
 import textwrap
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from peft import PeftModel, get_peft_model_state_dict
@@ -748,6 +749,20 @@ def test_segments_compose_per_segment_adapters_and_one_segment_is_the_plain_adap
             torch.testing.assert_close(batched.lora_A[name], one_at_a_time.lora_A[name], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="segment_batch_size"):
         model.internalize(path, segments=2, segment_batch_size=0)
+    # segment_overlap=1: the second half opens with the first half's last sampled frame, at its own time.
+    first, second = placed
+    opened = replace(second, frames=np.concatenate([first.frames[-1:], second.frames]),
+                     timestamps=[first.timestamps[-1], *second.timestamps])
+    overlapped = model.internalize(path, segments=2, num_frames=2, segment_overlap=1, compose="concat")
+    expected = Video2LoRAAdapter.compose([model.internalize(first), model.internalize(opened)])
+    assert all(torch.equal(overlapped.lora_A[k], expected.lora_A[k]) for k in plain.lora_A)
+    # ... and the frame carried over crosses batches: 3 segments one at a time or two per batch agree.
+    thirds_overlapped = [model.internalize(path, segments=3, num_frames=2, segment_overlap=1, segment_batch_size=b)
+                         for b in (1, 2)]
+    torch.testing.assert_close(thirds_overlapped[1].scaled_B()["mlp.down_proj"],
+                               thirds_overlapped[0].scaled_B()["mlp.down_proj"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="segment_overlap"):
+        model.internalize(path, segments=2, segment_overlap=-1)
     frames = make_frames(12, seed=5)
     in_memory = model.internalize(frames, frame_rate=2.0, segments=3)
     thirds = [model.internalize(segment_in_place(model, frames, i, i + 4, frame_rate=2.0)) for i in (0, 4, 8)]

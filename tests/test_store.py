@@ -56,6 +56,10 @@ def test_the_key_follows_content_model_and_settings(model, make_model, clips, tm
     assert store.key("a" * 64, identity, model.processor.sampling_kwargs(2)) != base  # other frames
     assert store.key("a" * 64, identity, sampling, start=1.0) != base  # a span
     assert store.key("a" * 64, identity, sampling, segments=2) != base
+    # An overlap makes another adapter; none keeps the key that adapters stored before the option had.
+    assert store.key("a" * 64, identity, sampling, segments=2, segment_overlap=1) != store.key(
+        "a" * 64, identity, sampling, segments=2) == store.key("a" * 64, identity, sampling, segments=2,
+                                                               segment_overlap=0)
     composing_latents = make_model(segment_composition="latents")  # the same weights, composed another way
     assert store.key("a" * 64, store.model_identity(composing_latents, "m"), sampling, segments=2) != store.key(
         "a" * 64, store.model_identity(make_model(), "m"), sampling, segments=2)

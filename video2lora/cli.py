@@ -80,6 +80,16 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, answers: bool = Tru
                             help="greedy decoding budget per answer")
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -107,6 +117,9 @@ def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment_batch_size", type=positive_int, default=1,
                         help="segments the base reads in one batch: more keeps a GPU busy, memory grows with it "
                              "(the same adapter up to rounding)")
+    parser.add_argument("--segment_overlap", type=_non_negative_int, default=0,
+                        help="each segment also reads the previous one's last N sampled frames, so a change between "
+                             "two segments is seen (default: 0)")
 
 
 def _key_value(text: str, usage: str) -> tuple[str, str]:
@@ -224,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="how segments combine with --segments > 1 (default: the model's segment_composition)")
     evaluate.add_argument("--max_rank", type=positive_int, default=None,
                           help="compress composed adapters to at most this rank (truncated SVD)")
+    evaluate.add_argument("--segment_overlap", type=_non_negative_int, default=0,
+                          help="with --segments > 1, each segment also reads the previous one's last N frames")
     evaluate.add_argument("--batch_size", type=positive_int, default=16, help="questions per generate call")
     evaluate.add_argument("--judge", default=None, metavar="PATH", help="local causal LM to use as an LLM judge")
     evaluate.add_argument("--margins", nargs="+", type=_margin, default=[], metavar="METRIC=VALUE",
@@ -383,7 +398,7 @@ def _internalize(model: Video2LoRAModel, args: argparse.Namespace, path: str, vi
     try:
         return model.internalize(path, start=args.start, end=args.end, num_frames=args.num_frames,
                                  segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank,
-                                 segment_batch_size=args.segment_batch_size)
+                                 segment_batch_size=args.segment_batch_size, segment_overlap=args.segment_overlap)
     except VideoDecodeError:
         raise
     except ValueError as error:
@@ -454,7 +469,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             adapter, stored = store.internalize(
                 model, args.source, reference=_model_reference(args.model), start=args.start, end=args.end,
                 num_frames=args.num_frames, segments=args.segments, segment_seconds=args.segment_seconds,
-                max_rank=args.max_rank, segment_batch_size=args.segment_batch_size, extra_files=lambda made, frames: _adapter_files(args, args.source, model, made, frames, "adapter"))
+                max_rank=args.max_rank, segment_batch_size=args.segment_batch_size,
+                segment_overlap=args.segment_overlap, extra_files=lambda made, frames: _adapter_files(args, args.source, model, made, frames, "adapter"))
         except ValueError as error:  # a span or frame count the video cannot meet
             if isinstance(error, VideoDecodeError):
                 raise
@@ -622,14 +638,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             adapter, stored = store.internalize(
                 model, video, reference=reference, start=args.start, end=args.end, num_frames=args.num_frames,
                 segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank,
-                segment_batch_size=args.segment_batch_size, extra_files=lambda made, frames, video=video: _adapter_files(args, video, model, made, frames,
+                segment_batch_size=args.segment_batch_size, segment_overlap=args.segment_overlap,
+                extra_files=lambda made, frames, video=video: _adapter_files(args, video, model, made, frames,
                                                                               "adapter"))
         except ValueError as error:  # a span or frame count the video cannot meet
             if isinstance(error, VideoDecodeError):
                 raise
             raise UsageError(str(error)) from None
         key = store.key(sha256_file(video), identity, sampling, start=args.start, end=args.end,
-                        segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank)
+                        segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank,
+                        segment_overlap=args.segment_overlap)
         if not (store.path(key) / "adapter_config.json").is_file():
             raise UsageError(f"the adapter of '{video}' is not in the store at {store.path(key)} (evicted at once? "
                              "raise the store's size bound)")
@@ -722,6 +740,7 @@ def _eval_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"manifest": args.manifest, "data_root": args.data_root, "where": dict(args.where),
             "max_rows": args.max_rows, "num_frames": args.num_frames, "segments": args.segments,
             "compose": args.compose, "max_rank": args.max_rank, "max_new_tokens": args.max_new_tokens,
+            **({"segment_overlap": args.segment_overlap} if args.segment_overlap else {}),
             "model": args.model}
 
 
@@ -803,7 +822,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         try:
             records = evaluate(model, rows, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
                                batch_size=args.batch_size, judge=judge, segments=args.segments,
-                               compose=args.compose, max_rank=args.max_rank, done=done, on_scored=keep)
+                               compose=args.compose, max_rank=args.max_rank, segment_overlap=args.segment_overlap,
+                               done=done, on_scored=keep)
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted; the rows scored so far are kept in {output / RECORDS_NAME}: rerun with "
                   "--resume to continue", file=sys.stderr)
@@ -818,6 +838,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         summary["composition"] = {"segments": args.segments, "mode": compose}
         if args.max_rank is not None:
             summary["composition"]["max_rank"] = args.max_rank
+        if args.segment_overlap:
+            summary["composition"]["overlap_frames"] = args.segment_overlap
     base_tokens = sum(record["visual_tokens"]["base"] for record in records) / len(records)
     summary["visual_tokens_per_query"] = {"base": base_tokens, "v2l": 0, "blind": 0}
     if judge is not None:

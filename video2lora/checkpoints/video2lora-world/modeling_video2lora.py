@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -909,8 +911,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
     def internalize(self, video, *, start: float | None = None, end: float | None = None,
                     frame_rate: float | None = None, num_frames: int | None = None, segments: int | None = None,
                     segment_seconds: float | None = None, compose: str | None = None, max_rank: int | None = None,
-                    segment_batch_size: int = 1, keep_place: bool = False, instruction: str | None = None
-                    ) -> Video2LoRAAdapter:
+                    segment_batch_size: int = 1, segment_overlap: int = 0, keep_place: bool = False,
+                    instruction: str | None = None) -> Video2LoRAAdapter:
         """
         The one-call path: a video file, a uint8 array `[T, H, W, 3]`, a list of PIL images or a `SampledVideo` -> one
         adapter.
@@ -938,6 +940,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 rank fits), e.g. a serving engine's maximum LoRA rank.
             segment_batch_size: segments the base reads in one batch (each still its own context): more keeps a
                 GPU busy, memory grows with it. The adapter is the same up to floating-point rounding.
+            segment_overlap: each segment after the first also reads the previous segment's last this many sampled
+                frames (at their own times), so a change between two segments is seen by the later one.
             keep_place: read the `start`-`end` span of a file as one segment of the whole file, in its place: the
                 adapter that `segments=` makes for that span before composing it (what a segment knows on its own).
             instruction: overrides `config.instruction`.
@@ -951,7 +955,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             span = (float(start or 0.0), min(float(end), whole[1]) if end is not None else whole[1])
             if not whole[0] <= span[0] < span[1]:
                 raise ValueError(f"keep_place: the span {span} is not inside the video (0 to {whole[1]:.3g} s).")
-            return self._decode(self._read_segments(video, [span], whole, frame_rate, num_frames, instruction)).detach()
+            latents, _ = self._read_segments(video, [span], whole, frame_rate, num_frames, instruction)
+            return self._decode(latents).detach()
         spans = self._segment_spans(video, start, end, frame_rate, segments, segment_seconds)
         if spans is None:
             sampled = processor.sample_video(video, start=start, end=end, frame_rate=frame_rate,
@@ -960,12 +965,13 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         compose = compose or self.config.segment_composition
         if compose not in ("latents", "concat", "average"):
             raise ValueError(f"compose must be 'latents', 'concat' or 'average', got {compose!r}.")
-        if isinstance(segment_batch_size, bool) or not isinstance(segment_batch_size, int) or segment_batch_size < 1:
-            raise ValueError(f"segment_batch_size must be a positive integer, got {segment_batch_size!r}.")
-        adapter, latents, whole = None, [], (spans[0][0], spans[-1][1])
+        for name, value, least in (("segment_batch_size", segment_batch_size, 1), ("segment_overlap", segment_overlap, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}.")
+        adapter, latents, whole, previous = None, [], (spans[0][0], spans[-1][1]), None
         for first in range(0, len(spans), segment_batch_size):
-            batch = self._read_segments(video, spans[first:first + segment_batch_size], whole, frame_rate,
-                                        num_frames, instruction)  # [b, L, n, d]
+            batch, previous = self._read_segments(video, spans[first:first + segment_batch_size], whole, frame_rate,
+                                                  num_frames, instruction, segment_overlap, previous)  # [b, L, n, d]
             for segment_latents in batch.split(1):  # [1, L, n, d]
                 if compose == "latents":  # a segment's latents are small (L x n x d), its hidden states are not kept
                     latents.append(segment_latents)
@@ -990,9 +996,12 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         return adapter.detach()
 
     def _read_segments(self, video, spans: list[tuple[float, float]], whole: tuple[float, float],
-                       frame_rate: float | None, num_frames: int | None, instruction: str | None) -> torch.Tensor:
+                       frame_rate: float | None, num_frames: int | None, instruction: str | None, overlap: int = 0,
+                       previous=None) -> tuple[torch.Tensor, Any]:
         """The `spans` (seconds) of `video` (a file, or frames in memory at `frame_rate`), each read in its place in
-        `whole`: the frames' times and the duration are the whole video's. One batch -> latents `[b, L, n, d]`."""
+        `whole`: the frames' times and the duration are the whole video's. With `overlap`, each segment opens with
+        the last `overlap` frames of the one before (`previous`: the placed segment before the first span).
+        One batch -> (latents `[b, L, n, d]`, its last placed segment)."""
         processor = self._require_processor()
         placed = []
         for begin, finish in spans:
@@ -1003,8 +1012,14 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
                                                  num_frames=num_frames)
             timestamps, duration = place_segment(sampled.timestamps, begin, whole)
-            placed.append(replace(sampled, timestamps=timestamps, duration=duration))
-        return self._encode_frames(placed, instruction, [segment_fraction(span, whole) for span in spans])
+            own = replace(sampled, timestamps=timestamps, duration=duration)
+            if overlap and previous is not None:  # the previous segment's own last frames, not its overlap
+                placed.append(replace(own, frames=np.concatenate([previous.frames[-overlap:], own.frames]),
+                                      timestamps=[*previous.timestamps[-overlap:], *own.timestamps]))
+            else:
+                placed.append(own)
+            previous = own
+        return self._encode_frames(placed, instruction, [segment_fraction(span, whole) for span in spans]), previous
 
     def _encode_frames(self, sampled: list, instruction: str | None,
                        places: list[tuple[float, float]] | None = None) -> torch.Tensor:
