@@ -34,6 +34,7 @@ from .checks import (
     check_questions,
     check_video_file,
     check_writable_folder,
+    non_negative_int,
     positive_int,
 )
 from .data import ManifestError, read_manifest, resolve_data_root, write_text_atomically
@@ -80,16 +81,6 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, answers: bool = Tru
                             help="greedy decoding budget per answer")
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -117,7 +108,7 @@ def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment_batch_size", type=positive_int, default=1,
                         help="segments the base reads in one batch: more keeps a GPU busy, memory grows with it "
                              "(the same adapter up to rounding)")
-    parser.add_argument("--segment_overlap", type=_non_negative_int, default=0,
+    parser.add_argument("--segment_overlap", type=non_negative_int, default=0,
                         help="each segment also reads the previous one's last N sampled frames, so a change between "
                              "two segments is seen (default: 0)")
 
@@ -237,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="how segments combine with --segments > 1 (default: the model's segment_composition)")
     evaluate.add_argument("--max_rank", type=positive_int, default=None,
                           help="compress composed adapters to at most this rank (truncated SVD)")
-    evaluate.add_argument("--segment_overlap", type=_non_negative_int, default=0,
+    evaluate.add_argument("--segment_overlap", type=non_negative_int, default=0,
                           help="with --segments > 1, each segment also reads the previous one's last N frames")
     evaluate.add_argument("--batch_size", type=positive_int, default=16, help="questions per generate call")
     evaluate.add_argument("--judge", default=None, metavar="PATH", help="local causal LM to use as an LLM judge")
