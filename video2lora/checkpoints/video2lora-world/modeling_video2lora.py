@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,14 +37,26 @@ try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed
     from .perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from .pipeline_video2lora import TASK, Video2LoRAPipeline
     from .processing_video2lora import Video2LoRAProcessor
-    from .video_processing_video2lora import place_segment, segment_fraction, segment_spans, video_duration
+    from .video_processing_video2lora import (
+        SampledVideo,
+        place_segment,
+        segment_fraction,
+        segment_spans,
+        video_duration,
+    )
 except ImportError:
     from configuration_video2lora import Video2LoRAConfig
     from families_video2lora import FAMILIES, SMOLVLM, VLMFamily, family_of
     from perceiver_video2lora import LoraHead, PerceiverHypernetwork
     from pipeline_video2lora import TASK, Video2LoRAPipeline
     from processing_video2lora import Video2LoRAProcessor
-    from video_processing_video2lora import place_segment, segment_fraction, segment_spans, video_duration
+    from video_processing_video2lora import (
+        SampledVideo,
+        place_segment,
+        segment_fraction,
+        segment_spans,
+        video_duration,
+    )
 
 logger = logging.get_logger(__name__)
 
@@ -921,8 +932,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         sampler the command line, the teacher, the trainer and the evaluation use, so one file gives one adapter).
         A long video is read in segments: each equal, non-overlapping segment is sampled and read by the base on its
         own (`segment_batch_size` at a time, so memory is that of a few segments whatever the video's length), with
-        its frames' times and
-        the duration stated as in the whole video's prompt (`place_segment`). The segments then become one adapter:
+        its frames' times and the duration stated as in the whole video's prompt (`place_segment`); `segment_overlap`
+        lets each also read the end of the one before. The segments then become one adapter:
         their perceiver latents decoded together (`"latents"`), or their adapters composed in rank space
         ([`Video2LoRAAdapter.compose`]). One segment gives exactly the unsegmented adapter.
 
@@ -997,7 +1008,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
 
     def _read_segments(self, video, spans: list[tuple[float, float]], whole: tuple[float, float],
                        frame_rate: float | None, num_frames: int | None, instruction: str | None, overlap: int = 0,
-                       previous=None) -> tuple[torch.Tensor, Any]:
+                       previous: SampledVideo | None = None) -> tuple[torch.Tensor, SampledVideo]:
         """The `spans` (seconds) of `video` (a file, or frames in memory at `frame_rate`), each read in its place in
         `whole`: the frames' times and the duration are the whole video's. With `overlap`, each segment opens with
         the last `overlap` frames of the one before (`previous`: the placed segment before the first span).
@@ -1021,7 +1032,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             previous = own
         return self._encode_frames(placed, instruction, [segment_fraction(span, whole) for span in spans]), previous
 
-    def _encode_frames(self, sampled: list, instruction: str | None,
+    def _encode_frames(self, sampled: list[SampledVideo], instruction: str | None,
                        places: list[tuple[float, float]] | None = None) -> torch.Tensor:
         """Sampled videos (at `places` in their whole videos, fractions; `None`: whole videos) -> the perceiver's
         latents `[b, L, n, d]` for them, one batch."""
