@@ -111,8 +111,7 @@ def measure_cuda(name: str, dtype: torch.dtype, compose: str | None = None, segm
             torch.cuda.synchronize()
             rows.append({"frames": num_frames, "mode": mode, "seconds": time.perf_counter() - started,
                          "peak_above_baseline_bytes": torch.cuda.max_memory_allocated() - baseline})
-            print(f"  {name} {mode:>9} {num_frames:>5} frames: peak +{format_bytes(rows[-1]['peak_above_baseline_bytes'])}"
-                  f" (CUDA), {rows[-1]['seconds']:.2f} s", flush=True)
+            print_row(name, rows[-1], " (CUDA)")
     machine = {**machine_info(), "device": torch.cuda.get_device_name(), "dtype": str(dtype).removeprefix("torch."),
                "segment_batch_size": segment_batch_size,
                "memory": "torch.cuda.max_memory_allocated() above the allocation before the call",
@@ -132,9 +131,13 @@ def measure(name: str, threads: int, compose: str | None = None) -> dict[str, An
             if result.returncode != 0:
                 raise RuntimeError(f"worker failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-            print(f"  {name} {mode:>9} {num_frames:>5} frames: peak +{format_bytes(rows[-1]['peak_above_baseline_bytes'])}"
-                  f", {rows[-1]['seconds']:.2f} s", flush=True)
+            print_row(name, rows[-1])
     return summarize(name, settings, rows, compose, machine_info(), settings["image_size"])
+
+
+def print_row(name: str, row: dict, memory: str = "") -> None:
+    print(f"  {name} {row['mode']:>9} {row['frames']:>5} frames: peak +{format_bytes(row['peak_above_baseline_bytes'])}"
+          f"{memory}, {row['seconds']:.2f} s", flush=True)
 
 
 def summarize(name: str, settings: dict, rows: list[dict], compose: str | None, machine: dict,

@@ -144,7 +144,8 @@ class AdapterStore:
     def internalize(self, model: Video2LoRAModel, video: str | os.PathLike, *, reference: str | None = None,
                     start: float | None = None, end: float | None = None, num_frames: int | None = None,
                     segments: int | None = None, segment_seconds: float | None = None, max_rank: int | None = None,
-                    segment_batch_size: int = 1, segment_overlap: int = 0, extra_files: Callable[[Video2LoRAAdapter, SampledVideo], dict[str, str]] | None = None,
+                    segment_batch_size: int = 1, segment_overlap: int = 0,
+                    extra_files: Callable[[Video2LoRAAdapter, SampledVideo], dict[str, str]] | None = None,
                     ) -> tuple[Video2LoRAAdapter, bool]:
         """
         The adapter of a video file: from the store when it holds one for this video, model and settings, else
