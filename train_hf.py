@@ -180,6 +180,9 @@ class DataArguments:
                 "that many times (matched against `metadata.question_type`, else `task_type`); other rows weigh 1. "
                 "Rare, hard types (order questions are 3.6%% of a plain world sample's rows) otherwise get little of the "
                 "gradient."})
+    segment_overlap: int = field(default=0, metadata={
+        "help": "Each segment after the first of a `segments: k` row also reads the previous segment's last N sampled "
+                "frames, as `internalize(segment_overlap=N)` does; 0 reads the segments apart."})
     decode_in_workers: bool = field(default=False, metadata={
         "help": "Decode each example's video when the DataLoader asks for it (in --dataloader_num_workers processes on "
                 "every rank) instead of once into a cached table: no disk for frames, no process waiting on another, "
@@ -195,6 +198,8 @@ class DataArguments:
             raise TrainingSetupError(f"--questions_per_video must be >= 1, got {self.questions_per_video}.")
         if self.kl_weight < 0:
             raise TrainingSetupError(f"--kl_weight must be >= 0, got {self.kl_weight}.")
+        if self.segment_overlap < 0:
+            raise TrainingSetupError(f"--segment_overlap must be >= 0, got {self.segment_overlap}.")
         self.type_weights = parse_question_type_weights(self.question_type_weights)
 
 
@@ -343,11 +348,13 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
         questions_per_video: rows per example.
         seed: fixes which rows of a video share an example.
         type_weights: loss weight per question type (`metadata.question_type`, else `task_type`); default 1.
+        segment_overlap: frames each segment after the first takes over from the one before.
     """
 
     def __init__(self, rows: list[dict], frames: datasets.Dataset, keys: list, row_keys: list[tuple],
-                 questions_per_video: int, seed: int, type_weights: dict[str, float] | None = None):
-        self.frames, self.keys = frames, keys
+                 questions_per_video: int, seed: int, type_weights: dict[str, float] | None = None,
+                 segment_overlap: int = 0):
+        self.frames, self.keys, self.segment_overlap = frames, keys, segment_overlap
         self.type_weights = type_weights or {}
         index_of_key = {key: i for i, key in enumerate(keys)}
         by_video: dict[tuple[int, ...], list[dict]] = {}
@@ -373,6 +380,11 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
             for context, span in zip(contexts, spans, strict=True):
                 context["timestamps"], context["duration"] = place_segment(context["timestamps"], span[0], whole)
                 context["place"] = segment_fraction(span, whole)
+            if n := self.segment_overlap:  # the previous segment's own last frames, as `internalize` carries them
+                own = [(c["frames"], c["timestamps"]) for c in contexts]
+                for context, (frames, timestamps) in zip(contexts[1:], own, strict=False):
+                    context["frames"] = np.concatenate([frames[-n:], context["frames"]])
+                    context["timestamps"] = [*timestamps[-n:], *context["timestamps"]]
         example = contexts[0] if len(contexts) == 1 else {"segments": contexts}
         return {**example, "questions": [{"prompt": row["prompt"], "target": row["target_text"],
                                           "teacher": row.get("teacher_logprobs"), "weight": self._weight(row)}
@@ -420,7 +432,8 @@ def build_dataset(manifest: str, data_args: DataArguments, *, sampling: dict[str
     if not rows:
         raise TrainingSetupError(f"{manifest}: none of its {len(keys)} videos could be decoded; see the warnings above.")
     dataset = VideoQuestionDataset(rows, frames, keys, [contexts for _, contexts in kept],
-                                   data_args.questions_per_video, seed, type_weights=data_args.type_weights)
+                                   data_args.questions_per_video, seed, type_weights=data_args.type_weights,
+                                   segment_overlap=data_args.segment_overlap)
     logger.info(f"{manifest}: {len(rows)} rows over {len({row['video_path'] for row in rows})} videos -> "
                 f"{len(dataset)} examples "
                 f"({len(report.bad_rows)} bad rows, {len(errors)} unreadable videos).")

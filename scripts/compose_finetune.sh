@@ -85,4 +85,16 @@ if [ "${STAGE4:-0}" = 1 ]; then
       --num_frames 4 --model $OUT/stage4 --output_dir $OUT/stage4/eval-compose-$segments --overwrite
   done
 fi
+# Not shipped (README, "Long videos"): OVERLAP=1 continues OUT for 1,500 steps on the third stage's clips with each
+# later segment opening on the previous one's last frame (--segment_overlap 1), then evaluates it read that way
+# (OUT/overlap1, about 45 minutes with its evaluations and sweep).
+if [ "${OVERLAP:-0}" = 1 ]; then
+  train "$OUT/overlap1" "$OUT" train_harder_mix.jsonl 1500 1e-4 order=4,count=3,direction=3,colour_change=3 21 \
+    --segment_overlap 1
+  python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT/overlap1 --output_dir $OUT/overlap1/eval --overwrite
+  python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
+    --num_frames 4 --segment_overlap 1 --model $OUT/overlap1 --output_dir $OUT/overlap1/eval-compose-2-overlap1 --overwrite
+  python scripts/long_video_sweep.py --model $OUT/overlap1 --out runs/sweep --name overlap1 --segment-overlap 1 \
+    --results $OUT/overlap1/sweep --clips 40 --harder-clips 200 --jobs 2
+fi
 echo "done $(date)"

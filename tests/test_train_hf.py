@@ -318,6 +318,8 @@ def test_bad_arguments_fail_clearly(workspace):
         train_hf.parse_args(["--train_manifest", "x.jsonl", "--output_dir", "o"])
     with pytest.raises(ValueError, match="questions_per_video"):
         train_hf.parse_args(["--base_model_name_or_path", "b", "--train_manifest", "x", "--questions_per_video", "0"])
+    with pytest.raises(ValueError, match="segment_overlap"):
+        train_hf.parse_args(["--base_model_name_or_path", "b", "--train_manifest", "x", "--segment_overlap", "-1"])
     model_args, data_args, _ = train_hf.parse_args(["--base_model_name_or_path", str(workspace["base"]),
                                                     "--train_manifest", "x", "--output_dir", "o"])
     assert model_args.hypernetwork_overrides() == {} and data_args.kl_weight == 0.0
@@ -457,11 +459,14 @@ def test_decoding_in_workers_gives_the_same_examples_as_the_cached_table(workspa
     assert sum(1 for _ in loader) == len(built[True])  # worker processes decode it too
 
 
-@pytest.mark.parametrize("composition, place", [("concat", False), ("latents", False), ("latents", True)])
-def test_segmented_rows_train_the_adapter_that_internalize_composes(small_trainer, workspace, composition, place):
+@pytest.mark.parametrize("composition, place, overlap",
+                         [("concat", False, 0), ("latents", False, 0), ("latents", True, 0), ("latents", True, 1)])
+def test_segmented_rows_train_the_adapter_that_internalize_composes(small_trainer, workspace, composition, place,
+                                                                     overlap):
     """A row with `segments: 2` trains on the composition of its halves, the very adapter `internalize(segments=2)`
-    gives at inference, whichever way the model composes and with the halves told their place or not; in one batch
-    with an unsegmented video."""
+    gives at inference, whichever way the model composes, with the halves told their place or not, and with the
+    second half opening on the first's last frame (`--segment_overlap`) or not; in one batch with an unsegmented
+    video."""
     trainer, plain_dataset, collator = small_trainer
     model = trainer.model
     model.config.segment_composition = composition
@@ -471,14 +476,15 @@ def test_segmented_rows_train_the_adapter_that_internalize_composes(small_traine
     rows = [json.loads(line) for line in workspace["manifest"].read_text().splitlines()]
     manifest = workspace["root"] / "segmented.jsonl"
     write_manifest(manifest, [{**rows[0], "segments": 2}, rows[-1], {**rows[0], "id": "bad", "segments": 0}])
-    data_args = train_hf.DataArguments(train_manifest=str(manifest), questions_per_video=1,
+    data_args = train_hf.DataArguments(train_manifest=str(manifest), questions_per_video=1, segment_overlap=overlap,
                                        frame_cache_dir=str(workspace["root"] / "frames"))
     dataset = train_hf.build_dataset(str(manifest), data_args, sampling=model.processor.sampling_kwargs(), seed=0,
                                      max_videos=None, training_args=trainer.args)
     assert len(dataset) == 2  # the row with segments 0 is skipped as bad
     segmented = next(example for example in (dataset[0], dataset[1]) if "segments" in example)
     plain = next(example for example in (dataset[0], dataset[1]) if "segments" not in example)
-    assert len(segmented["segments"]) == 2
+    first, second = segmented["segments"]
+    assert len(second["frames"]) == len(first["frames"]) + overlap
     batch = collator([segmented, plain])
     assert batch["context_input_ids"].shape[0] == 3 and batch["context_video_index"].tolist() == [0, 0, 1]
     output = model(**batch)
@@ -486,7 +492,7 @@ def test_segmented_rows_train_the_adapter_that_internalize_composes(small_traine
     assert all(p.grad is not None for p in model.hypernetwork.parameters() if p.requires_grad)
 
     video = str(workspace["root"] / rows[0]["video_path"])
-    expected = model.internalize(video, segments=2)
+    expected = model.internalize(video, segments=2, segment_overlap=overlap)
     other = model.internalize(str(workspace["root"] / rows[-1]["video_path"]))
 
     def delta(adapter):
