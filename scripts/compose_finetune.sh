@@ -100,17 +100,24 @@ fi
 # Not shipped (README, "Long videos"): LONG=1 continues OUT for 1,200 steps on the third stage's clips plus 1,000
 # clips of 16 steps read as 4 segments and 1,500 of 32 steps read as 8, answered from the world's own labels (the base
 # cannot read them: 0.74 and 0.65 on the sweep), then evaluates it (OUT/long, about 50 minutes with the sweep).
+# LONG=1 CUTS=2 adds the cut-joined clips' composed rows a second time (OUT/long-cuts2, its sweep under OUT).
 if [ "${LONG:-0}" = 1 ]; then
   [ -f "$DATA/train_long4x.jsonl" ] || w --split train --num-clips 1000 --seed-offset 60000 --num-steps 16 --max-events 4 --manifest-name train_long4x.jsonl
   [ -f "$DATA/train_long8x.jsonl" ] || w --split train --num-clips 1500 --seed-offset 62000 --num-steps 32 --max-events 8 --manifest-name train_long8x.jsonl
-  python scripts/composition_rows.py --segments 4 "$DATA/train_long4x.jsonl" > "$DATA/train_long_mix.jsonl"
-  python scripts/composition_rows.py --segments 8 "$DATA/train_long8x.jsonl" >> "$DATA/train_long_mix.jsonl"
-  cat "$DATA/train_harder_mix.jsonl" >> "$DATA/train_long_mix.jsonl"
-  train "$OUT/long" "$OUT" train_long_mix.jsonl 1200 1e-4 order=4,count=3,direction=3,colour_change=3 23
-  python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT/long --output_dir $OUT/long/eval --overwrite
+  cuts=${CUTS:-1}; name=long; results=docs/long_video_sweep_long_clips
+  [ "$cuts" = 1 ] || { name=long-cuts$cuts; results=$OUT/$name/sweep; }
+  mix=train_${name//-/_}_mix.jsonl
+  python scripts/composition_rows.py --segments 4 "$DATA/train_long4x.jsonl" > "$DATA/$mix"
+  python scripts/composition_rows.py --segments 8 "$DATA/train_long8x.jsonl" >> "$DATA/$mix"
+  cat "$DATA/train_harder_mix.jsonl" >> "$DATA/$mix"
+  for copy in $(seq 2 "$cuts"); do
+    python scripts/composition_rows.py --id-suffix="-copy$copy" "$DATA/train_two_segment_teacher.jsonl" >> "$DATA/$mix"
+  done
+  train "$OUT/$name" "$OUT" "$mix" 1200 1e-4 order=4,count=3,direction=3,colour_change=3 23
+  python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT/$name --output_dir $OUT/$name/eval --overwrite
   python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-    --num_frames 4 --model $OUT/long --output_dir $OUT/long/eval-compose-2 --overwrite
-  python scripts/long_video_sweep.py --model $OUT/long --out runs/sweep --name long --results docs/long_video_sweep_long_clips \
+    --num_frames 4 --model $OUT/$name --output_dir $OUT/$name/eval-compose-2 --overwrite
+  python scripts/long_video_sweep.py --model $OUT/$name --out runs/sweep --name $name --results $results \
     --clips 40 --harder-clips 200 --jobs 2
 fi
 echo "done $(date)"

@@ -17,8 +17,10 @@ parser.add_argument("manifest")
 parser.add_argument("--whole", action="store_true", help="print the whole-clip rows only")
 parser.add_argument("--halves", action="store_true", help="read the rows as 2 segments only, never 4")
 parser.add_argument("--segments", type=int, help="read every row as this many segments")
+parser.add_argument("--id-suffix", default="", help="appended to every printed row's id (a second copy of the rows)")
 args = parser.parse_args()
 rows = [json.loads(line) for line in open(args.manifest, encoding="utf-8")]
+rows = [{**row, "id": row["id"] + args.id_suffix} for row in rows]
 if args.whole:
     for row in rows:
         if row["metadata"]["segment"] == "whole":
