@@ -57,6 +57,7 @@ from video2lora.checks import UsageError, check_writable_folder
 from video2lora.data import ManifestError, question_type, read_manifest, write_text_atomically
 from video2lora.video import (
     VideoDecodeError,
+    open_with_previous,
     place_segment,
     sample_video,
     segment_fraction,
@@ -380,11 +381,11 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
             for context, span in zip(contexts, spans, strict=True):
                 context["timestamps"], context["duration"] = place_segment(context["timestamps"], span[0], whole)
                 context["place"] = segment_fraction(span, whole)
-            if n := self.segment_overlap:  # the previous segment's own last frames, as `internalize` carries them
+            if self.segment_overlap:  # each opens with the previous segment's own last frames, as in `internalize`
                 own = [(c["frames"], c["timestamps"]) for c in contexts]
                 for context, (frames, timestamps) in zip(contexts[1:], own, strict=False):
-                    context["frames"] = np.concatenate([frames[-n:], context["frames"]])
-                    context["timestamps"] = [*timestamps[-n:], *context["timestamps"]]
+                    context["frames"], context["timestamps"] = open_with_previous(
+                        context["frames"], context["timestamps"], frames, timestamps, self.segment_overlap)
         example = contexts[0] if len(contexts) == 1 else {"segments": contexts}
         return {**example, "questions": [{"prompt": row["prompt"], "target": row["target_text"],
                                           "teacher": row.get("teacher_logprobs"), "weight": self._weight(row)}

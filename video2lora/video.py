@@ -20,6 +20,7 @@ import numpy as np
 from video_processing_video2lora import (
     SampledVideo,
     VideoDecodeError,
+    open_with_previous,
     place_segment,
     sample_indices,
     sample_video,
@@ -28,8 +29,8 @@ from video_processing_video2lora import (
     video_duration,
 )
 
-__all__ = ["SampledVideo", "VideoDecodeError", "place_segment", "sample_indices", "sample_video", "segment_fraction",
-           "segment_spans", "video_duration", "write_video"]
+__all__ = ["SampledVideo", "VideoDecodeError", "open_with_previous", "place_segment", "sample_indices", "sample_video",
+           "segment_fraction", "segment_spans", "video_duration", "write_video"]
 
 # Codec picked by `write_video` from the file suffix when none is given.
 DEFAULT_CODECS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9"}

@@ -22,7 +22,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -39,6 +38,7 @@ try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed
     from .processing_video2lora import Video2LoRAProcessor
     from .video_processing_video2lora import (
         SampledVideo,
+        open_with_previous,
         place_segment,
         segment_fraction,
         segment_spans,
@@ -52,6 +52,7 @@ except ImportError:
     from processing_video2lora import Video2LoRAProcessor
     from video_processing_video2lora import (
         SampledVideo,
+        open_with_previous,
         place_segment,
         segment_fraction,
         segment_spans,
@@ -1025,8 +1026,9 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             timestamps, duration = place_segment(sampled.timestamps, begin, whole)
             own = replace(sampled, timestamps=timestamps, duration=duration)
             if overlap and previous is not None:  # the previous segment's own last frames, not its overlap
-                placed.append(replace(own, frames=np.concatenate([previous.frames[-overlap:], own.frames]),
-                                      timestamps=[*previous.timestamps[-overlap:], *own.timestamps]))
+                frames, times = open_with_previous(own.frames, own.timestamps, previous.frames, previous.timestamps,
+                                                   overlap)
+                placed.append(replace(own, frames=frames, timestamps=times))
             else:
                 placed.append(own)
             previous = own

@@ -672,6 +672,20 @@ def place_segment(timestamps: Sequence[float], segment_start: float,
     return [offset + time for time in timestamps], whole[1] - whole[0]
 
 
+def open_with_previous(frames: np.ndarray, timestamps: Sequence[float], previous_frames: np.ndarray,
+                       previous_timestamps: Sequence[float], overlap: int) -> tuple[np.ndarray, list[float]]:
+    """
+    A placed segment's frames `[T, H, W, 3]` and times opened with the last `overlap` frames of the segment before
+    (its own frames, at their own times), so that a change between the two is seen by this one. Shared by
+    `Video2LoRAModel.internalize(segment_overlap=...)` and the trainer's composed examples (`--segment_overlap`).
+
+    Returns:
+        `(frames, timestamps)`: `[overlap + T, H, W, 3]` and their times.
+    """
+    return (np.concatenate([previous_frames[-overlap:], frames]),
+            [*previous_timestamps[-overlap:], *timestamps])
+
+
 def segment_fraction(span: tuple[float, float], whole: tuple[float, float]) -> tuple[float, float]:
     """Where a segment `span` (seconds) lies in `whole`: the fractions of `whole` at which it starts and ends, what
     the perceiver is told with `use_segment_place` (a whole video is `(0, 1)`)."""
