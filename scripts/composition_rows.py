@@ -12,11 +12,13 @@ segments. Used by scripts/train_embedded_default.sh and scripts/compose_finetune
 import argparse
 import json
 
+from video2lora.checks import positive_int
+
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("manifest")
 parser.add_argument("--whole", action="store_true", help="print the whole-clip rows only")
 parser.add_argument("--halves", action="store_true", help="read the rows as 2 segments only, never 4")
-parser.add_argument("--segments", type=int, help="read every row as this many segments")
+parser.add_argument("--segments", type=positive_int, help="read every row as this many segments")
 parser.add_argument("--id-suffix", default="", help="appended to every printed row's id (a second copy of the rows)")
 args = parser.parse_args()
 rows = [json.loads(line) for line in open(args.manifest, encoding="utf-8")]

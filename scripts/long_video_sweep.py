@@ -29,6 +29,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from video2lora.checks import non_negative_int
+
 STEPS_PER_TRAINING_CLIP = 4  # the embedded default's clips: 4 key steps, read at 4 frames
 LENGTHS = (1, 2, 4, 8, 16)
 # name -> (key steps, world options, segments for V2L)
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--harder-clips", type=int, default=None,
                         help="held-out clips per harder scene, for intervals per question type (default: --clips)")
     parser.add_argument("--seed-offset", type=int, default=1000)
-    parser.add_argument("--segment-overlap", type=int, default=0,
+    parser.add_argument("--segment-overlap", type=non_negative_int, default=0,
                         help="frames each V2L segment takes over from the one before (`--segment_overlap`)")
     parser.add_argument("--compose", choices=("latents", "concat", "average"), default=None,
                         help="how V2L's segments combine (default: the model's segment_composition)")

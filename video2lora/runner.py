@@ -256,8 +256,7 @@ def _scores(row: Mapping[str, Any], answer: str) -> dict[str, float]:
 def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_frames: int | None = None,
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, judge: Judge | None = None,
              segments: int = 1, compose: str | None = None, max_rank: int | None = None, segment_overlap: int = 0,
-             progress: bool = True,
-             done: Mapping[str, dict[str, Any]] | None = None,
+             progress: bool = True, done: Mapping[str, dict[str, Any]] | None = None,
              on_scored: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """
     Answer every row with Base, V2L and Blind and score the answers: one record per row, in the format
