@@ -37,6 +37,7 @@ try:  # loaded as a Hub module (a package) by trust_remote_code, or as installed
     from .pipeline_video2lora import TASK, Video2LoRAPipeline
     from .processing_video2lora import Video2LoRAProcessor
     from .video_processing_video2lora import (
+        SEGMENT_LAYOUTS,
         SampledVideo,
         open_with_previous,
         place_segment,
@@ -51,6 +52,7 @@ except ImportError:
     from pipeline_video2lora import TASK, Video2LoRAPipeline
     from processing_video2lora import Video2LoRAProcessor
     from video_processing_video2lora import (
+        SEGMENT_LAYOUTS,
         SampledVideo,
         open_with_previous,
         place_segment,
@@ -923,8 +925,8 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
     def internalize(self, video, *, start: float | None = None, end: float | None = None,
                     frame_rate: float | None = None, num_frames: int | None = None, segments: int | None = None,
                     segment_seconds: float | None = None, compose: str | None = None, max_rank: int | None = None,
-                    segment_batch_size: int = 1, segment_overlap: int = 0, keep_place: bool = False,
-                    instruction: str | None = None) -> Video2LoRAAdapter:
+                    segment_batch_size: int = 1, segment_overlap: int = 0, segment_layout: str = "contiguous",
+                    keep_place: bool = False, instruction: str | None = None) -> Video2LoRAAdapter:
         """
         The one-call path: a video file, a uint8 array `[T, H, W, 3]`, a list of PIL images or a `SampledVideo` -> one
         adapter.
@@ -954,6 +956,11 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
                 GPU busy, memory grows with it. The adapter is the same up to floating-point rounding.
             segment_overlap: each segment after the first also reads the previous segment's last this many sampled
                 frames (at their own times), so a change between two segments is seen by the later one.
+            segment_layout: `"contiguous"`: segment i is the i-th stretch of the video; `"interleaved"`: segment i
+                is frames i, i + k, i + 2k, ... of the k segments' frames sampled over the whole video, so each
+                covers the whole at 1/k of the rate (motion across the video stays visible in every segment; the
+                segments together read the same frames as contiguous ones). Memory is the same: a segment decodes
+                only its own frames.
             keep_place: read the `start`-`end` span of a file as one segment of the whole file, in its place: the
                 adapter that `segments=` makes for that span before composing it (what a segment knows on its own).
             instruction: overrides `config.instruction`.
@@ -967,7 +974,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             span = (float(start or 0.0), min(float(end), whole[1]) if end is not None else whole[1])
             if not whole[0] <= span[0] < span[1]:
                 raise ValueError(f"keep_place: the span {span} is not inside the video (0 to {whole[1]:.3g} s).")
-            latents, _ = self._read_segments(video, [span], whole, frame_rate, num_frames, instruction)
+            latents, _ = self._read_segments(video, [(span, None)], whole, frame_rate, num_frames, instruction)
             return self._decode(latents).detach()
         spans = self._segment_spans(video, start, end, frame_rate, segments, segment_seconds)
         if spans is None:
@@ -980,9 +987,20 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         for name, value, least in (("segment_batch_size", segment_batch_size, 1), ("segment_overlap", segment_overlap, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}.")
-        adapter, latents, whole, previous = None, [], (spans[0][0], spans[-1][1]), None
-        for first in range(0, len(spans), segment_batch_size):
-            batch, previous = self._read_segments(video, spans[first:first + segment_batch_size], whole, frame_rate,
+        if segment_layout not in SEGMENT_LAYOUTS:
+            raise ValueError(f"segment_layout must be one of {', '.join(map(repr, SEGMENT_LAYOUTS))}, "
+                             f"got {segment_layout!r}.")
+        whole = (spans[0][0], spans[-1][1])
+        if segment_layout == "interleaved":
+            if segment_overlap:
+                raise ValueError("segment_overlap carries the end of the segment before; interleaved segments each "
+                                 "cover the whole video, so there is none to carry.")
+            parts = [(whole, (index, len(spans))) for index in range(len(spans))]
+        else:
+            parts = [(span, None) for span in spans]
+        adapter, latents, previous = None, [], None
+        for first in range(0, len(parts), segment_batch_size):
+            batch, previous = self._read_segments(video, parts[first:first + segment_batch_size], whole, frame_rate,
                                                   num_frames, instruction, segment_overlap, previous)  # [b, L, n, d]
             for segment_latents in batch.split(1):  # [1, L, n, d]
                 if compose == "latents":  # a segment's latents are small (L x n x d), its hidden states are not kept
@@ -1003,26 +1021,29 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             adapter = replace(adapter, lora_A=dict(adapter.lora_A), scale=1.0, lora_B={
                 name: torch.cat([b[..., :own] / len(spans), b[..., own:]], dim=3)
                 for name, b in adapter.scaled_B().items()})
-        adapter.metadata = {**adapter.metadata, "segments": [[begin, finish] for begin, finish in spans],
-                            "composed": {"mode": compose, "parts": len(spans)}}
+        adapter.metadata = {**adapter.metadata, "segments": [[begin, finish] for (begin, finish), _ in parts],
+                            "composed": {"mode": compose, "parts": len(spans), "layout": segment_layout}}
         return adapter.detach()
 
-    def _read_segments(self, video, spans: list[tuple[float, float]], whole: tuple[float, float],
-                       frame_rate: float | None, num_frames: int | None, instruction: str | None, overlap: int = 0,
+    def _read_segments(self, video, parts: list[tuple[tuple[float, float], tuple[int, int] | None]],
+                       whole: tuple[float, float], frame_rate: float | None, num_frames: int | None,
+                       instruction: str | None, overlap: int = 0,
                        previous: SampledVideo | None = None) -> tuple[torch.Tensor, SampledVideo]:
-        """The `spans` (seconds) of `video` (a file, or frames in memory at `frame_rate`), each read in its place in
-        `whole`: the frames' times and the duration are the whole video's. With `overlap`, each segment opens with
-        the last `overlap` frames of the one before (`previous`: the placed segment before the first span).
+        """The segments `parts` of `video` (a file, or frames in memory at `frame_rate`), each a span (seconds) and
+        its interleaved part (`None`: all of the span's frames), read in its place in `whole`: the frames' times and
+        the duration are the whole video's. With `overlap`, each segment opens with the last `overlap` frames of the
+        one before (`previous`: the placed segment before the first span).
         One batch -> (latents `[b, L, n, d]`, its last placed segment)."""
         processor = self._require_processor()
         placed = []
-        for begin, finish in spans:
+        for (begin, finish), interleave in parts:
             if isinstance(video, (str, os.PathLike)):
-                sampled = processor.sample_video(video, start=begin, end=finish, num_frames=num_frames)
+                sampled = processor.sample_video(video, start=begin, end=finish, num_frames=num_frames,
+                                                 interleave=interleave)
             else:  # frames in memory: the segment's frames, at their own rate
                 rate = frame_rate or 1.0
                 sampled = processor.sample_video(video[round(begin * rate):round(finish * rate)], frame_rate=rate,
-                                                 num_frames=num_frames)
+                                                 num_frames=num_frames, interleave=interleave)
             timestamps, duration = place_segment(sampled.timestamps, begin, whole)
             own = replace(sampled, timestamps=timestamps, duration=duration)
             if overlap and previous is not None:  # the previous segment's own last frames, not its overlap
@@ -1032,7 +1053,7 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
             else:
                 placed.append(own)
             previous = own
-        return self._encode_frames(placed, instruction, [segment_fraction(span, whole) for span in spans]), previous
+        return self._encode_frames(placed, instruction, [segment_fraction(span, whole) for span, _ in parts]), previous
 
     def _encode_frames(self, sampled: list[SampledVideo], instruction: str | None,
                        places: list[tuple[float, float]] | None = None) -> torch.Tensor:

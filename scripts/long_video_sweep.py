@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from video2lora.checks import non_negative_int
+from video2lora.video import SEGMENT_LAYOUTS
 
 STEPS_PER_TRAINING_CLIP = 4  # the embedded default's clips: 4 key steps, read at 4 frames
 LENGTHS = (1, 2, 4, 8, 16)
@@ -67,12 +68,14 @@ def evaluate(variant: dict, args: argparse.Namespace) -> dict:
              "--num-clips", str(clips), "--seed-offset", str(args.seed_offset), "--num-steps",
              str(variant["steps"]), *variant["world"], "--manifest-name", manifest.name, "--no-progress"],
             args.threads)
-    composition = (args.compose or "default") + (f"-overlap{args.segment_overlap}" if args.segment_overlap else "")
+    composition = ((args.compose or "default") + (f"-overlap{args.segment_overlap}" if args.segment_overlap else "")
+                   + ("-interleaved" if args.segment_layout == "interleaved" else ""))
     output = args.out / (args.name or Path(args.model).name) / composition / stem
     command = [sys.executable, "-m", "video2lora.cli", "eval", "--manifest", str(manifest), "--model", args.model,
                "--num_frames", str(STEPS_PER_TRAINING_CLIP), "--segments", str(variant["segments"]),
                *(["--compose", args.compose] if args.compose else []),
                *(["--segment_overlap", str(args.segment_overlap)] if args.segment_overlap else []),
+               *(["--segment_layout", args.segment_layout] if args.segment_layout != "contiguous" else []),
                "--output_dir", str(output)]
     if not (output / "summary.json").is_file():
         run(command + (["--resume"] if (output / "records.jsonl").is_file() else []), args.threads)
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-offset", type=int, default=1000)
     parser.add_argument("--segment-overlap", type=non_negative_int, default=0,
                         help="frames each V2L segment takes over from the one before (`--segment_overlap`)")
+    parser.add_argument("--segment-layout", choices=SEGMENT_LAYOUTS, default="contiguous",
+                        help="V2L's segments: contiguous stretches or interleaved parts (`--segment_layout`)")
     parser.add_argument("--compose", choices=("latents", "concat", "average"), default=None,
                         help="how V2L's segments combine (default: the model's segment_composition)")
     parser.add_argument("--name", default=None, help="folder of this model's evaluations under --out "
@@ -161,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": args.model, "clips_per_kind": args.clips, "clips_per_harder_scene": args.harder_clips,
               "seed_offset": args.seed_offset,
-              "compose": args.compose, "segment_overlap": args.segment_overlap, "results": results}
+              "compose": args.compose, "segment_overlap": args.segment_overlap,
+              "segment_layout": args.segment_layout, "results": results}
     for result in results:  # folders under --out are the reader's own; keep the record free of machine paths
         result["output_dir"] = os.path.relpath(result["output_dir"], Path.cwd())
     args.results.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")

@@ -129,6 +129,19 @@ def test_internalize_segments_is_the_python_adapter_and_records_each_span(capsys
         torch.testing.assert_close(adapter.scaled_B()[name], b, rtol=1e-4, atol=1e-5)
 
 
+def test_internalize_interleaved_segments_is_the_python_adapter(capsys, model, model_dir, world, tmp_path):
+    video_path, out = world[1][0], tmp_path / "adapter"
+    code, _, _ = run_cli(capsys, "internalize", video_path, "-o", out, "--model", model_dir, "--segments", "2",
+                         "--num_frames", "2", "--segment_layout", "interleaved")
+    assert code == 0
+    expected = model.internalize(video_path, segments=2, num_frames=2, segment_layout="interleaved")
+    adapter = Video2LoRAAdapter.from_pretrained(out)
+    for name, b in expected.scaled_B().items():
+        torch.testing.assert_close(adapter.scaled_B()[name], b, rtol=1e-4, atol=1e-5)
+    contiguous = model.internalize(video_path, segments=2, num_frames=2)
+    assert not torch.allclose(adapter.scaled_B()["mlp.down_proj"], contiguous.scaled_B()["mlp.down_proj"])
+
+
 def test_ask_with_video_and_with_adapter_dir(capsys, model, model_dir, world, tmp_path):
     video_path, question = world[1][0], "what colour is the square?"
     expected = v2l_answer(model, video_path, question)
@@ -433,6 +446,8 @@ def test_arguments_and_paths_are_checked_before_the_model_loads(capsys, world, t
         (["ask", video, "what?", "--max_new_tokens", "-3"], "--max_new_tokens", "integer >= 1"),
         (["eval", "--manifest", world[0], "--segments", "0"], "--segments", "integer >= 1"),
         (["internalize", video, "-o", tmp_path / "a", "--segment_overlap", "-1"], "--segment_overlap", "integer >= 0"),
+        (["internalize", video, "-o", tmp_path / "a", "--segment_layout", "shuffled"], "--segment_layout",
+         "invalid choice"),
         (["ask", video, "  "], "question 1 is empty"),
         (["ask", video, "what?", ""], "question 2 is empty"),
         (["internalize", video, "-o", tmp_path / "file" / "sub"], "is a file"),

@@ -774,6 +774,42 @@ def test_segments_compose_per_segment_adapters_and_one_segment_is_the_plain_adap
         model.internalize(model.processor.sample_video(path), segments=2)
 
 
+def test_interleaved_segments_each_cover_the_whole_video(make_model, tmp_path):
+    from video2lora.video import write_video
+
+    model = make_model()
+    perturb_(model)
+    path = tmp_path / "long.mp4"
+    write_video(path, make_frames(24, seed=4), fps=4.0)  # 6 s
+    interleaved = model.internalize(path, segments=3, num_frames=2, segment_layout="interleaved", compose="concat")
+    # Segment i reads frames i, i + 3, ... of the 6 frames sampled over the whole video, in their places in it.
+    whole = model.processor.sample_video(path, num_frames=6)
+    parts = [replace(whole, frames=whole.frames[i::3], timestamps=whole.timestamps[i::3]) for i in range(3)]
+    expected = Video2LoRAAdapter.compose([model.internalize(part) for part in parts])
+    assert all(torch.equal(interleaved.lora_A[k], expected.lora_A[k]) for k in expected.lora_A)
+    for name, b in expected.scaled_B().items():
+        torch.testing.assert_close(interleaved.scaled_B()[name], b)
+    assert interleaved.metadata["segments"] == [[0.0, 6.0]] * 3
+    assert interleaved.metadata["composed"] == {"mode": "concat", "parts": 3, "layout": "interleaved"}
+    contiguous = model.internalize(path, segments=3, num_frames=2, compose="concat")
+    assert contiguous.metadata["composed"]["layout"] == "contiguous"
+    assert not torch.equal(contiguous.lora_A["mlp.down_proj"], interleaved.lora_A["mlp.down_proj"])
+    # Frames in memory, read in batches, their latents decoded together: the same parts.
+    frames = make_frames(12, seed=5)
+    in_memory = [model.internalize(frames, frame_rate=2.0, segments=2, num_frames=3, segment_layout="interleaved",
+                                   compose="latents", segment_batch_size=b) for b in (1, 2)]
+    sampled = model.processor.sample_video(frames, frame_rate=2.0, num_frames=6)
+    halves = [replace(sampled, frames=sampled.frames[i::2], timestamps=sampled.timestamps[i::2]) for i in range(2)]
+    torch.testing.assert_close(in_memory[0].lora_A["mlp.down_proj"], model._decode(torch.cat(
+        [model._encode_frames([half], None, [(0.0, 1.0)]) for half in halves], dim=2)).lora_A["mlp.down_proj"])
+    torch.testing.assert_close(in_memory[1].scaled_B()["mlp.down_proj"], in_memory[0].scaled_B()["mlp.down_proj"],
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="segment_layout"):
+        model.internalize(path, segments=2, segment_layout="shuffled")
+    with pytest.raises(ValueError, match="interleaved segments each cover the whole video"):
+        model.internalize(path, segments=2, segment_layout="interleaved", segment_overlap=1)
+
+
 def test_the_vision_tower_in_chunks_gives_the_same_adapter(make_model, processor):
     model = make_model()
     perturb_(model)

@@ -60,6 +60,11 @@ def test_the_key_follows_content_model_and_settings(model, make_model, clips, tm
     assert store.key("a" * 64, identity, sampling, segments=2, segment_overlap=1) != store.key(
         "a" * 64, identity, sampling, segments=2) == store.key("a" * 64, identity, sampling, segments=2,
                                                                segment_overlap=0)
+    # So does the interleaved layout; the contiguous default keeps the old key, and without segments it is moot.
+    assert store.key("a" * 64, identity, sampling, segments=2, segment_layout="interleaved") != store.key(
+        "a" * 64, identity, sampling, segments=2) == store.key("a" * 64, identity, sampling, segments=2,
+                                                               segment_layout="contiguous")
+    assert store.key("a" * 64, identity, sampling, segment_layout="interleaved") == base
     composing_latents = make_model(segment_composition="latents")  # the same weights, composed another way
     assert store.key("a" * 64, store.model_identity(composing_latents, "m"), sampling, segments=2) != store.key(
         "a" * 64, store.model_identity(make_model(), "m"), sampling, segments=2)

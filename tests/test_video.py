@@ -143,6 +143,33 @@ def test_many_frames_with_flat_memory(tmp_path):
     assert_valid_timestamps(video)
 
 
+@pytest.mark.parametrize("fps", [None, 4.0])
+def test_interleaved_parts_together_are_the_whole_sample(tmp_path, fps):
+    num_total = 400
+    path = tmp_path / "long.mp4"
+    write_video(path, make_frames(num_total, 16, 16), fps=25.0)
+    whole = sample_video(path, num_frames=12, fps=fps, skip_secs=0)
+    parts = [sample_video(path, num_frames=3, fps=fps, skip_secs=0, interleave=(part, 4)) for part in range(4)]
+    for part, video in enumerate(parts):  # each part spans the whole clip at a quarter of the rate
+        assert video.timestamps == pytest.approx(whole.timestamps[part::4])
+        np.testing.assert_array_equal(video.frames, whole.frames[part::4])
+        assert video.duration == pytest.approx(whole.duration)
+    # A span that holds fewer frames than asked for is read whole; each part keeps its share of its frames.
+    short = sample_video(path, num_frames=12, start=0.0, end=0.25)
+    shares = [sample_video(path, num_frames=3, start=0.0, end=0.25, interleave=(part, 4)) for part in range(4)]
+    assert [t for video in shares for t in video.timestamps] == pytest.approx(
+        [t for part in range(4) for t in short.timestamps[part::4]])
+    frames = make_frames(40, 16, 16)
+    in_memory = sample_video(frames, num_frames=8, frame_rate=FPS)
+    np.testing.assert_array_equal(sample_video(frames, num_frames=4, frame_rate=FPS, interleave=(1, 2)).frames,
+                                  in_memory.frames[1::2])
+    for interleave in [(2, 2), (-1, 2), (0, 0), (1.0, 2), 3]:
+        with pytest.raises(ValueError, match="interleave"):
+            sample_video(frames, num_frames=4, interleave=interleave)
+    with pytest.raises(ValueError, match="part 3 of 4 interleaved parts"):
+        sample_video(frames[:3], num_frames=4, interleave=(3, 4))
+
+
 def test_span_sampling_is_relative_to_the_span(clip_20):
     path, _ = clip_20
     video = sample_video(path, num_frames=4, start=1.0, end=2.0, max_edge=None)

@@ -39,7 +39,7 @@ from .checks import (
 )
 from .data import ManifestError, read_manifest, resolve_data_root, write_text_atomically
 from .store import AdapterStore, sha256_file
-from .video import SampledVideo, VideoDecodeError
+from .video import SEGMENT_LAYOUTS, SampledVideo, VideoDecodeError
 
 if TYPE_CHECKING:
     from modeling_video2lora import Video2LoRAAdapter, Video2LoRAModel
@@ -111,6 +111,9 @@ def _add_frame_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment_overlap", type=non_negative_int, default=0,
                         help="each segment also reads the previous one's last N sampled frames, so a change between "
                              "two segments is seen (default: 0)")
+    parser.add_argument("--segment_layout", choices=SEGMENT_LAYOUTS, default="contiguous",
+                        help="contiguous: segment i is the i-th stretch of the video; interleaved: segment i is every "
+                             "K-th sampled frame from the i-th, so each covers the whole video (default: contiguous)")
 
 
 def _key_value(text: str, usage: str) -> tuple[str, str]:
@@ -230,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="compress composed adapters to at most this rank (truncated SVD)")
     evaluate.add_argument("--segment_overlap", type=non_negative_int, default=0,
                           help="with --segments > 1, each segment also reads the previous one's last N frames")
+    evaluate.add_argument("--segment_layout", choices=SEGMENT_LAYOUTS, default="contiguous",
+                          help="with --segments > 1: contiguous stretches, or interleaved parts that each cover the "
+                               "whole video (model.internalize)")
     evaluate.add_argument("--batch_size", type=positive_int, default=16, help="questions per generate call")
     evaluate.add_argument("--judge", default=None, metavar="PATH", help="local causal LM to use as an LLM judge")
     evaluate.add_argument("--margins", nargs="+", type=_margin, default=[], metavar="METRIC=VALUE",
@@ -389,7 +395,8 @@ def _internalize(model: Video2LoRAModel, args: argparse.Namespace, path: str, vi
     try:
         return model.internalize(path, start=args.start, end=args.end, num_frames=args.num_frames,
                                  segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank,
-                                 segment_batch_size=args.segment_batch_size, segment_overlap=args.segment_overlap)
+                                 segment_batch_size=args.segment_batch_size, segment_overlap=args.segment_overlap,
+                                 segment_layout=args.segment_layout)
     except VideoDecodeError:
         raise
     except ValueError as error:
@@ -461,7 +468,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
                 model, args.source, reference=_model_reference(args.model), start=args.start, end=args.end,
                 num_frames=args.num_frames, segments=args.segments, segment_seconds=args.segment_seconds,
                 max_rank=args.max_rank, segment_batch_size=args.segment_batch_size,
-                segment_overlap=args.segment_overlap, extra_files=lambda made, frames: _adapter_files(args, args.source, model, made, frames, "adapter"))
+                segment_overlap=args.segment_overlap, segment_layout=args.segment_layout, extra_files=lambda made, frames: _adapter_files(args, args.source, model, made, frames, "adapter"))
         except ValueError as error:  # a span or frame count the video cannot meet
             if isinstance(error, VideoDecodeError):
                 raise
@@ -630,7 +637,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 model, video, reference=reference, start=args.start, end=args.end, num_frames=args.num_frames,
                 segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank,
                 segment_batch_size=args.segment_batch_size, segment_overlap=args.segment_overlap,
-                extra_files=lambda made, frames, video=video: _adapter_files(args, video, model, made, frames,
+                segment_layout=args.segment_layout, extra_files=lambda made, frames, video=video: _adapter_files(args, video, model, made, frames,
                                                                               "adapter"))
         except ValueError as error:  # a span or frame count the video cannot meet
             if isinstance(error, VideoDecodeError):
@@ -638,7 +645,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError(str(error)) from None
         key = store.key(sha256_file(video), identity, sampling, start=args.start, end=args.end,
                         segments=args.segments, segment_seconds=args.segment_seconds, max_rank=args.max_rank,
-                        segment_overlap=args.segment_overlap)
+                        segment_overlap=args.segment_overlap, segment_layout=args.segment_layout)
         if not (store.path(key) / "adapter_config.json").is_file():
             raise UsageError(f"the adapter of '{video}' is not in the store at {store.path(key)} (evicted at once? "
                              "raise the store's size bound)")
@@ -732,6 +739,7 @@ def _eval_settings(args: argparse.Namespace) -> dict[str, Any]:
             "max_rows": args.max_rows, "num_frames": args.num_frames, "segments": args.segments,
             "compose": args.compose, "max_rank": args.max_rank, "max_new_tokens": args.max_new_tokens,
             **({"segment_overlap": args.segment_overlap} if args.segment_overlap else {}),
+            **({"segment_layout": args.segment_layout} if args.segment_layout != "contiguous" else {}),
             "model": args.model}
 
 
@@ -814,7 +822,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             records = evaluate(model, rows, num_frames=args.num_frames, max_new_tokens=args.max_new_tokens,
                                batch_size=args.batch_size, judge=judge, segments=args.segments,
                                compose=args.compose, max_rank=args.max_rank, segment_overlap=args.segment_overlap,
-                               done=done, on_scored=keep)
+                               segment_layout=args.segment_layout, done=done, on_scored=keep)
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted; the rows scored so far are kept in {output / RECORDS_NAME}: rerun with "
                   "--resume to continue", file=sys.stderr)
@@ -831,6 +839,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             summary["composition"]["max_rank"] = args.max_rank
         if args.segment_overlap:
             summary["composition"]["overlap_frames"] = args.segment_overlap
+        summary["composition"]["layout"] = args.segment_layout
     base_tokens = sum(record["visual_tokens"]["base"] for record in records) / len(records)
     summary["visual_tokens_per_query"] = {"base": base_tokens, "v2l": 0, "blind": 0}
     if judge is not None:

@@ -256,7 +256,7 @@ def _scores(row: Mapping[str, Any], answer: str) -> dict[str, float]:
 def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_frames: int | None = None,
              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16, judge: Judge | None = None,
              segments: int = 1, compose: str | None = None, max_rank: int | None = None, segment_overlap: int = 0,
-             progress: bool = True, done: Mapping[str, dict[str, Any]] | None = None,
+             segment_layout: str = "contiguous", progress: bool = True, done: Mapping[str, dict[str, Any]] | None = None,
              on_scored: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """
     Answer every row with Base, V2L and Blind and score the answers: one record per row, in the format
@@ -280,6 +280,7 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
             defaults to the model's `config.segment_composition`.
         max_rank: compress composed adapters to at most this rank ([`Video2LoRAAdapter.compress`]).
         segment_overlap: frames each segment takes over from the one before (`model.internalize`).
+        segment_layout: `"contiguous"` or `"interleaved"` segments (`model.internalize`).
         progress: show progress bars.
         done: records already scored by an interrupted run, by row id; their videos are not evaluated again.
         on_scored: called with each video's new records as soon as they are scored (before any judge), so that a
@@ -303,7 +304,7 @@ def evaluate(model: Video2LoRAModel, rows: Sequence[Mapping[str, Any]], *, num_f
             start, end = group[0].get("span") or (None, None)
             adapter = model.internalize(group[0]["video_path"], start=start, end=end, num_frames=num_frames,
                                         segments=segments, compose=compose, max_rank=max_rank,
-                                        segment_overlap=segment_overlap)
+                                        segment_overlap=segment_overlap, segment_layout=segment_layout)
         prompts = [row["prompt"] for row in group]
         unseen = list(dict.fromkeys(prompt for prompt in prompts if prompt not in blind_cache))
         blind_cache.update(zip(unseen, answer_with_adapter(model, None, unseen, **options), strict=True))

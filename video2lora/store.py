@@ -103,11 +103,15 @@ class AdapterStore:
     @staticmethod
     def key(video_sha256: str, model_identity: dict[str, Any], sampling: dict[str, Any], *,
             start: float | None = None, end: float | None = None, segments: int | None = None,
-            segment_seconds: float | None = None, max_rank: int | None = None, segment_overlap: int = 0) -> str:
+            segment_seconds: float | None = None, max_rank: int | None = None, segment_overlap: int = 0,
+            segment_layout: str = "contiguous") -> str:
         """The key of an adapter: a hash of the video's content, the model and every setting that shapes the
         adapter."""
-        # An overlap joins the key only when set, so the keys of adapters stored before it existed still match.
+        # An overlap or a layout joins the key only when not the default, so the keys of adapters stored before they
+        # existed still match.
         segmenting = [segments, segment_seconds, max_rank] + ([segment_overlap] if segment_overlap else [])
+        if segment_layout != "contiguous" and (segments is not None or segment_seconds is not None):
+            segmenting.append(segment_layout)
         material = {"version": _KEY_VERSION, "video": video_sha256, "model": model_identity, "sampling": sampling,
                     "span": [start, end], "segments": segmenting}
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
@@ -144,7 +148,7 @@ class AdapterStore:
     def internalize(self, model: Video2LoRAModel, video: str | os.PathLike, *, reference: str | None = None,
                     start: float | None = None, end: float | None = None, num_frames: int | None = None,
                     segments: int | None = None, segment_seconds: float | None = None, max_rank: int | None = None,
-                    segment_batch_size: int = 1, segment_overlap: int = 0,
+                    segment_batch_size: int = 1, segment_overlap: int = 0, segment_layout: str = "contiguous",
                     extra_files: Callable[[Video2LoRAAdapter, SampledVideo], dict[str, str]] | None = None,
                     ) -> tuple[Video2LoRAAdapter, bool]:
         """
@@ -157,7 +161,7 @@ class AdapterStore:
             reference: how the model was named (Hub id or folder), recorded in the key.
             start / end / num_frames / segments / segment_seconds / max_rank: as for `model.internalize`.
             segment_batch_size: as for `model.internalize`; not part of the key (the same adapter up to rounding).
-            segment_overlap: as for `model.internalize`.
+            segment_overlap / segment_layout: as for `model.internalize`.
             extra_files: makes the side files (provenance, card) of a new adapter from it and its frames.
 
         Returns:
@@ -166,7 +170,7 @@ class AdapterStore:
         sampling = model.processor.sampling_kwargs(num_frames)
         key = self.key(sha256_file(video), self.model_identity(model, reference), sampling, start=start, end=end,
                        segments=segments, segment_seconds=segment_seconds, max_rank=max_rank,
-                       segment_overlap=segment_overlap)
+                       segment_overlap=segment_overlap, segment_layout=segment_layout)
         stored = self.get(key)
         if stored is not None:
             return stored, True
@@ -176,7 +180,8 @@ class AdapterStore:
         else:
             adapter = model.internalize(video, start=start, end=end, num_frames=num_frames, segments=segments,
                                         segment_seconds=segment_seconds, max_rank=max_rank,
-                                        segment_batch_size=segment_batch_size, segment_overlap=segment_overlap)
+                                        segment_batch_size=segment_batch_size, segment_overlap=segment_overlap,
+                                        segment_layout=segment_layout)
         self.put(key, adapter, extra_files=extra_files(adapter, frames) if extra_files else None)
         # What was stored (in the base's dtype), so that this answer and every later one use the same weights.
         return self.get(key) or adapter, False

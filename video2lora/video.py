@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from video_processing_video2lora import (
+    SEGMENT_LAYOUTS,
     SampledVideo,
     VideoDecodeError,
     open_with_previous,
@@ -29,7 +30,7 @@ from video_processing_video2lora import (
     video_duration,
 )
 
-__all__ = ["SampledVideo", "VideoDecodeError", "open_with_previous", "place_segment", "sample_indices", "sample_video",
+__all__ = ["SEGMENT_LAYOUTS", "SampledVideo", "VideoDecodeError", "open_with_previous", "place_segment", "sample_indices", "sample_video",
            "segment_fraction", "segment_spans", "video_duration", "write_video"]
 
 # Codec picked by `write_video` from the file suffix when none is given.

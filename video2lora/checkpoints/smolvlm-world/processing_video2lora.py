@@ -102,7 +102,8 @@ class Video2LoRAProcessor(SmolVLMProcessor):
                 "skip_secs": self.video_sampling["skip_secs"], "max_edge": self.frame_size}
 
     def sample_video(self, video, *, start: float | None = None, end: float | None = None,
-                     frame_rate: float | None = None, num_frames: int | None = None) -> SampledVideo:
+                     frame_rate: float | None = None, num_frames: int | None = None,
+                     interleave: tuple[int, int] | None = None) -> SampledVideo:
         """
         Sample and resize a video with this processor's settings: the one way frames enter Video2LoRA.
 
@@ -111,10 +112,13 @@ class Video2LoRAProcessor(SmolVLMProcessor):
             start / end: a span of a file, in seconds.
             frame_rate: the rate of frames in memory (1 per second when `None`).
             num_frames: overrides `video_sampling["max_frames"]` (e.g. several segments' worth for the whole video).
+            interleave: `(part, parts)`: one of `parts` interleaved parts of `num_frames * parts` frames
+                (`sample_video`), each covering the whole span.
         """
         if isinstance(video, SampledVideo):
             return video
-        return sample_video(video, start=start, end=end, frame_rate=frame_rate, **self.sampling_kwargs(num_frames))
+        return sample_video(video, start=start, end=end, frame_rate=frame_rate, interleave=interleave,
+                            **self.sampling_kwargs(num_frames))
 
     def video_prompt(self, num_frames: int, timestamps: Sequence[float], duration: float | None = None) -> str:
         """The text that stands for one video: an intro line, then one timestamp line and image tokens per frame."""

@@ -182,6 +182,7 @@ def sample_video(
     start: float | None = None,
     end: float | None = None,
     frame_rate: float | None = None,
+    interleave: tuple[int, int] | None = None,
 ) -> SampledVideo:
     """Sample and resize frames from a video file, a `[T, H, W, 3]` uint8 array or a list of PIL images.
 
@@ -197,6 +198,9 @@ def sample_video(
             clamped to the clip). Frames in memory are cut by the caller.
         frame_rate (`float`, *optional*): For frames in memory, their rate (frame `i` is on screen from
             `i / frame_rate` s); 1 when `None`. A file's rate comes from its timestamps.
+        interleave (`tuple[int, int]`, *optional*): `(part, parts)`: pick `num_frames * parts` frames by the rule and
+            keep only frames `part, part + parts, part + 2 * parts, ...` of them. The `parts` calls together read
+            every picked frame, each covering the whole span at a lower rate and decoding only its own frames.
 
     Returns:
         [`SampledVideo`]: The frames, their timestamps (seconds from the span start), the span's duration and the path.
@@ -209,17 +213,30 @@ def sample_video(
             [`SampledVideo.damaged_frames`]).
     """
     check_sampling(num_frames, fps, skip_secs, max_edge)
-    rule = {"num_frames": num_frames, "fps": fps, "skip_secs": skip_secs}
+    part, parts = check_interleave(interleave)
+    rule = {"num_frames": num_frames * parts, "fps": fps, "skip_secs": skip_secs}
     if isinstance(video, (str, os.PathLike)):
         if frame_rate is not None:
             raise ValueError("frame_rate is for frames in memory; a file's rate comes from its timestamps")
-        return _sample_file(os.fspath(video), rule, max_edge, start, end)
+        return _sample_file(os.fspath(video), rule, max_edge, start, end, part, parts)
     if start is not None or end is not None:
         raise ValueError("start/end cut a video file; slice frames in memory before passing them")
-    return _sample_in_memory(video, rule, max_edge, frame_rate)
+    return _sample_in_memory(video, rule, max_edge, frame_rate, part, parts)
 
 
-def _sample_in_memory(frames, rule: dict, max_edge: int | None, frame_rate: float | None) -> SampledVideo:
+def check_interleave(interleave: tuple[int, int] | None) -> tuple[int, int]:
+    """`interleave` as `(part, parts)` (`None`: the whole, `(0, 1)`); `ValueError` when it is not one of the parts."""
+    if interleave is None:
+        return 0, 1
+    if (not isinstance(interleave, (tuple, list)) or len(interleave) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in interleave)
+            or not 0 <= interleave[0] < interleave[1]):
+        raise ValueError(f"interleave must be (part, parts) with 0 <= part < parts, got {interleave!r}")
+    return int(interleave[0]), int(interleave[1])
+
+
+def _sample_in_memory(frames, rule: dict, max_edge: int | None, frame_rate: float | None, part: int = 0,
+                      parts: int = 1) -> SampledVideo:
     frame_rate = 1.0 if frame_rate is None else float(frame_rate)
     if not math.isfinite(frame_rate) or frame_rate <= 0:
         raise ValueError(f"frame_rate must be a positive number, got {frame_rate}")
@@ -257,7 +274,9 @@ def _sample_in_memory(frames, rule: dict, max_edge: int | None, frame_rate: floa
         def image_at(index: int) -> PIL.Image.Image:
             return images[index]
 
-    indices = sample_indices(num_total, frame_rate, **rule)
+    indices = sample_indices(num_total, frame_rate, **rule)[part::parts]
+    if not indices:
+        raise ValueError(f"part {part} of {parts} interleaved parts is empty: the clip has only {num_total} frames")
     size = _fitted_size(width, height, max_edge)
     return SampledVideo(
         frames=np.stack([_to_array(image_at(index), size) for index in indices]),
@@ -332,7 +351,8 @@ def _probe(path: str, container, stream) -> tuple[float, float, int]:
     return start, end, num_packets
 
 
-def _sample_file(path: str, rule: dict, max_edge: int | None, start: float | None, end: float | None) -> SampledVideo:
+def _sample_file(path: str, rule: dict, max_edge: int | None, start: float | None, end: float | None, part: int = 0,
+                 parts: int = 1) -> SampledVideo:
     if start is not None and start < 0:
         raise ValueError(f"start must be >= 0 seconds, got {start}")
     if end is not None and end <= (start or 0.0):
@@ -379,7 +399,9 @@ def _sample_file(path: str, rule: dict, max_edge: int | None, start: float | Non
         frame_rate = num_packets / clip_duration
         span_frames = max(1, round((span_end - span_start) * frame_rate))
         targets = [span_start + (index + 0.5) / frame_rate for index in sample_indices(span_frames, frame_rate, **rule)]
+    # A span with at most this many frames is read whole (every frame once); a part keeps its share of them.
     keep_all_up_to = len(targets)
+    targets = targets[part::parts]
 
     # Second pass, decoding. Reopening rather than seeking back keeps the decode strictly sequential.
     with _open_container(path) as container:
@@ -387,7 +409,7 @@ def _sample_file(path: str, rule: dict, max_edge: int | None, start: float | Non
         stream.thread_type = "AUTO"
         try:
             decoded = _decode_at(container, stream, clip_start, span_start, span_end, targets, keep_all_up_to,
-                                 max_edge)
+                                 max_edge, part, parts)
         except av.FFmpegError as error:
             # Undecodable packets are skipped one by one; what reaches here is the demuxer failing mid-stream.
             raise VideoDecodeError(path, f"decoding failed ({_ffmpeg_reason(error)})") from error
@@ -407,6 +429,8 @@ def _sample_file(path: str, rule: dict, max_edge: int | None, start: float | Non
             "the file is damaged: re-download it, or re-encode what still decodes "
             "(`ffmpeg -err_detect ignore_err -i FILE -c:v libx264 out.mp4`)",
         )
+    if not decoded.frames:
+        raise ValueError(f"part {part} of {parts} interleaved parts of '{path}' is empty: too few frames {where}")
     # Frames shown before the span starts are on screen at its start; report them at the span start.
     timestamps = [max(time, span_start) - span_start for time in decoded.times]
     return SampledVideo(frames=np.stack(decoded.frames), timestamps=timestamps, duration=span_end - span_start,
@@ -506,9 +530,9 @@ class _Decoded:
 
 
 def _decode_at(container, stream, clip_start: float, span_start: float, span_end: float, targets: list[float],
-               keep_all_up_to: int, max_edge: int | None) -> _Decoded:
+               keep_all_up_to: int, max_edge: int | None, part: int = 0, parts: int = 1) -> _Decoded:
     """Decode sequentially, keeping the frame on screen at each target time, or every frame of a span that holds at
-    most `keep_all_up_to` of them.
+    most `keep_all_up_to` of them (with `parts`, only frames `part, part + parts, ...` of those).
 
     A frame is on screen from its own timestamp until the next frame's, so a frame's fate is decided when the next
     one arrives (or the stream ends). A frame to keep that did not decode is replaced by the nearest decodable frame
@@ -522,6 +546,7 @@ def _decode_at(container, stream, clip_start: float, span_start: float, span_end
     # so memory stays bounded. This guarantees "all frames, once each" for short spans even with variable frame
     # rates, where target times could skip a brief frame.
     in_span: list[list] | None = []
+    in_span_count = 0  # frames on screen during the span so far, kept or not
     waiting: list[list] = []  # damaged entries waiting for the next decodable frame
     output_size: tuple[int, int] | None = None
     span_frames = span_decodable = 0
@@ -544,7 +569,7 @@ def _decode_at(container, stream, clip_start: float, span_start: float, span_end
 
     def close(time: float, good: list | None, next_time: float) -> None:
         """Decide the fate of the frame on screen during `[time, next_time)`; `good` is None if it did not decode."""
-        nonlocal next_target, in_span, span_frames, span_decodable
+        nonlocal next_target, in_span, in_span_count, span_frames, span_decodable
         hits_target = False
         while next_target < len(targets) and targets[next_target] < next_time:
             hits_target = True
@@ -563,8 +588,10 @@ def _decode_at(container, stream, clip_start: float, span_start: float, span_end
         if hits_target:
             sampled.append(entry)
         if on_screen_in_span and in_span is not None:
-            in_span.append(entry)
-            if len(in_span) > keep_all_up_to:
+            if in_span_count % parts == part:
+                in_span.append(entry)
+            in_span_count += 1
+            if in_span_count > keep_all_up_to:
                 in_span = None
 
     def replace_waiting(next_good: list | None) -> None:
@@ -598,7 +625,7 @@ def _decode_at(container, stream, clip_start: float, span_start: float, span_end
         close(*previous, math.inf)
     replace_waiting(None)
 
-    kept = in_span if in_span else sampled
+    kept = sampled if in_span is None else in_span
     kept = [entry for entry in kept if entry[1] is not None]  # only without any decodable frame, refused by the caller
     return _Decoded(
         times=[entry[0] for entry in kept],
@@ -627,6 +654,11 @@ def video_duration(path: str | os.PathLike) -> float:
         except av.FFmpegError as error:
             raise VideoDecodeError(path, f"demuxing failed ({_ffmpeg_reason(error)})") from error
     return end - start
+
+
+# How a video's k segments divide its frames: k stretches one after the other, or k interleaved parts (frames
+# i, i + k, ...) that each cover the whole video at 1/k of the rate.
+SEGMENT_LAYOUTS = ("contiguous", "interleaved")
 
 
 def segment_spans(start: float, end: float, *, segments: int | None = None,
