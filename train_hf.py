@@ -92,6 +92,9 @@ GROWABLE_FIELDS = ("use_context_positions", "use_segment_place", "segment_compos
 class TrainingSetupError(ValueError):
     """Bad arguments or data, reported on the command line as one line (no traceback)."""
 _FRAME_CACHE_VERSION = 1  # bump when the cached frame format changes
+# What one context of the frame table is: a video file, its span (seconds; `None`: all of it) and the interleaved part
+# (`(part, parts)` of `sample_video(interleave=...)`; `None`: every sampled frame of the span).
+FrameKey = tuple[str, tuple[float, float] | None, tuple[int, int] | None]
 
 
 @dataclass
@@ -228,17 +231,19 @@ def _video_key(row: dict) -> tuple[str, tuple[float, float] | None]:
     return row["video_path"], (float(span[0]), float(span[1])) if span else None
 
 
-def _context_keys(row: dict, duration_of: Callable[[str], float]) -> tuple[tuple[str, tuple[float, float] | None], ...]:
+def _context_keys(row: dict, duration_of: Callable[[str], float]) -> tuple[FrameKey, ...]:
     """
     The frame-table keys the student reads for `row`: its video (or span) once, or, for a row with `segments: k`,
-    the k segments `Video2LoRAModel.internalize(segments=k)` would cut (the same `segment_spans` over the same
-    duration), whose adapters the model composes. A video whose duration cannot be read keeps its one key, so
-    decoding reports it and its rows are skipped like any unreadable video's.
+    the k segments `Video2LoRAModel.internalize(segments=k, segment_layout=...)` would read (the same
+    `segment_spans` over the same duration, or the same interleaved parts of the whole), whose adapters the model
+    composes. A video whose duration cannot be read keeps its one key, so decoding reports it and its rows are
+    skipped like any unreadable video's.
     """
-    key = _video_key(row)
-    if row.get("segments", 1) == 1:
+    path, span = _video_key(row)
+    key = (path, span, None)
+    segments = row.get("segments", 1)
+    if segments == 1:
         return (key,)
-    path, span = key
     try:
         total = duration_of(path)
     except (VideoDecodeError, OSError):
@@ -246,29 +251,33 @@ def _context_keys(row: dict, duration_of: Callable[[str], float]) -> tuple[tuple
     begin, finish = (span[0], min(span[1], total)) if span else (0.0, total)
     if not finish > begin:
         return (key,)
-    return tuple((path, part) for part in segment_spans(begin, finish, segments=row["segments"]))
+    if row.get("segment_layout", "contiguous") == "interleaved":
+        return tuple((path, (begin, finish), (part, segments)) for part in range(segments))
+    return tuple((path, part, None) for part in segment_spans(begin, finish, segments=segments))
 
 
 def _frame_cache_file(keys: list, sampling: dict, cache_dir: str | None) -> str:
     """A cache file named by everything the decoded frames depend on, files' sizes and times included."""
     stats = []
-    for path, span in keys:
+    for path, span, interleave in keys:
         stat = os.stat(path) if os.path.exists(path) else None
-        stats.append([path, span, stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+        # An interleaved part joins only when set, so the cache files of tables made before it still match.
+        stats.append([path, span, stat.st_size if stat else None, stat.st_mtime_ns if stat else None]
+                     + ([list(interleave)] if interleave else []))
     digest = hashlib.sha256(json.dumps([_FRAME_CACHE_VERSION, sampling, stats], sort_keys=True).encode()).hexdigest()
     directory = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "video2lora_frames"
     directory.mkdir(parents=True, exist_ok=True)
     return str(directory / f"frames-{digest[:20]}.arrow")
 
 
-def decode_videos(keys: list[tuple[str, tuple[float, float] | None]], *, sampling: dict[str, Any],
+def decode_videos(keys: list[FrameKey], *, sampling: dict[str, Any],
                   cache_dir: str | None = None, num_proc: int | None = None, desc: str = "decoding videos"
                   ) -> datasets.Dataset:
     """
     Decode and sample every video once, into an Arrow table (memory-mapped, cached on disk).
 
     Args:
-        keys: `(absolute video path, span or None)` per video.
+        keys: `(absolute video path, span or None, interleaved part or None)` per video ([`FrameKey`]).
         sampling: keyword arguments of `sample_video`, the one sampler (`Video2LoRAProcessor.sampling_kwargs()`).
         cache_dir: folder of the cache file; defaults to the datasets cache.
         num_proc: decoding processes.
@@ -278,15 +287,17 @@ def decode_videos(keys: list[tuple[str, tuple[float, float] | None]], *, samplin
         `duration` and `error` (`None`, or why the video could not be read).
     """
     table = datasets.Dataset.from_dict({
-        "video_path": [path for path, _ in keys],
-        "span": [list(span) if span else None for _, span in keys],
+        "video_path": [path for path, _, _ in keys],
+        "span": [list(span) if span else None for _, span, _ in keys],
+        "interleave": [list(interleave) if interleave else None for _, _, interleave in keys],
     })
 
     def decode(example: dict) -> dict:
-        span = example["span"]
+        span, interleave = example["span"], example["interleave"]
         try:
             video = sample_video(example["video_path"], start=span[0] if span else None,
-                                 end=span[1] if span else None, **sampling)
+                                 end=span[1] if span else None, interleave=tuple(interleave) if interleave else None,
+                                 **sampling)
         except (VideoDecodeError, OSError, ValueError) as error:
             return {"frames": b"", "shape": [], "timestamps": [], "duration": 0.0, "error": str(error)}
         return {"frames": video.frames.tobytes(), "shape": list(video.frames.shape),
@@ -295,6 +306,7 @@ def decode_videos(keys: list[tuple[str, tuple[float, float] | None]], *, samplin
     list_feature = getattr(datasets, "List", None) or datasets.Sequence  # `List` replaced `Sequence` in datasets 4
     features = datasets.Features({
         "video_path": datasets.Value("string"), "span": list_feature(datasets.Value("float64")),
+        "interleave": list_feature(datasets.Value("int64")),
         "frames": datasets.Value("binary"), "shape": list_feature(datasets.Value("int32")),
         "timestamps": list_feature(datasets.Value("float64")), "duration": datasets.Value("float64"),
         "error": datasets.Value("string"),
@@ -309,17 +321,17 @@ class LiveFrames:
     asked for: the DataLoader's workers decode while the model trains, on every rank, with nothing cached.
 
     Args:
-        keys: `(absolute video path, span or None)` per video.
+        keys: `(absolute video path, span or None, interleaved part or None)` per video ([`FrameKey`]).
         sampling: keyword arguments of `sample_video`.
     """
 
-    def __init__(self, keys: list[tuple[str, tuple[float, float] | None]], sampling: dict[str, Any]):
+    def __init__(self, keys: list[FrameKey], sampling: dict[str, Any]):
         self.keys, self.sampling = keys, sampling
 
     def check(self) -> list[str | None]:
         """Per video, why it cannot be read (from its container, without decoding), or `None`."""
         problems = []
-        for path, _ in tqdm(self.keys, desc="checking videos", unit="video", disable=len(self.keys) < 100):
+        for path, _, _ in tqdm(self.keys, desc="checking videos", unit="video", disable=len(self.keys) < 100):
             try:
                 video_duration(path)
             except (VideoDecodeError, OSError) as error:
@@ -329,8 +341,9 @@ class LiveFrames:
         return problems
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path, span = self.keys[index]
-        video = sample_video(path, start=span[0] if span else None, end=span[1] if span else None, **self.sampling)
+        path, span, interleave = self.keys[index]
+        video = sample_video(path, start=span[0] if span else None, end=span[1] if span else None,
+                             interleave=interleave, **self.sampling)
         return {"frames": video.frames.tobytes(), "shape": list(video.frames.shape),
                 "timestamps": [float(t) for t in video.timestamps], "duration": float(video.duration)}
 
@@ -338,8 +351,8 @@ class LiveFrames:
 class VideoQuestionDataset(torch.utils.data.Dataset):
     """
     One example per (video, group of up to `questions_per_video` of its rows); frames come from the decoded table.
-    Rows with `segments: k` read their video as k segments (`segments` in the example, composed by the model) and
-    group apart from the same video's unsegmented rows.
+    Rows with `segments: k` read their video as k segments (`segments` in the example, composed by the model;
+    interleaved parts with `segment_layout: interleaved`) and group apart from the same video's other rows.
 
     Args:
         rows: valid manifest rows (absolute `video_path`).
@@ -381,7 +394,8 @@ class VideoQuestionDataset(torch.utils.data.Dataset):
             for context, span in zip(contexts, spans, strict=True):
                 context["timestamps"], context["duration"] = place_segment(context["timestamps"], span[0], whole)
                 context["place"] = segment_fraction(span, whole)
-            if self.segment_overlap:  # each opens with the previous segment's own last frames, as in `internalize`
+            interleaved = self.keys[video_indices[0]][2] is not None  # each part covers the whole: none to carry
+            if self.segment_overlap and not interleaved:  # each opens with the previous segment's last frames
                 own = [(c["frames"], c["timestamps"]) for c in contexts]
                 for context, (frames, timestamps) in zip(contexts[1:], own, strict=False):
                     context["frames"], context["timestamps"] = open_with_previous(
@@ -425,7 +439,7 @@ def build_dataset(manifest: str, data_args: DataArguments, *, sampling: dict[str
                                    num_proc=data_args.preprocessing_num_workers, desc=f"decoding {Path(manifest).name}")
         problems = frames["error"]
     errors = [(key, error) for key, error in zip(keys, problems, strict=True) if error]
-    for (path, _), error in errors:
+    for (path, _, _), error in errors:
         logger.warning(f"{manifest}: skipping every row of video {path}: {error}")
     good = {key for key, error in zip(keys, problems, strict=True) if not error}
     kept = [(row, contexts) for row, contexts in zip(report.rows, row_keys, strict=True) if good.issuperset(contexts)]

@@ -459,14 +459,16 @@ def test_decoding_in_workers_gives_the_same_examples_as_the_cached_table(workspa
     assert sum(1 for _ in loader) == len(built[True])  # worker processes decode it too
 
 
-@pytest.mark.parametrize("composition, place, overlap",
-                         [("concat", False, 0), ("latents", False, 0), ("latents", True, 0), ("latents", True, 1)])
+@pytest.mark.parametrize("composition, place, overlap, layout",
+                         [("concat", False, 0, "contiguous"), ("latents", False, 0, "contiguous"),
+                          ("latents", True, 0, "contiguous"), ("latents", True, 1, "contiguous"),
+                          ("latents", True, 0, "interleaved")])
 def test_segmented_rows_train_the_adapter_that_internalize_composes(small_trainer, workspace, composition, place,
-                                                                     overlap):
+                                                                     overlap, layout):
     """A row with `segments: 2` trains on the composition of its halves, the very adapter `internalize(segments=2)`
     gives at inference, whichever way the model composes, with the halves told their place or not, and with the
-    second half opening on the first's last frame (`--segment_overlap`) or not; in one batch with an unsegmented
-    video."""
+    second half opening on the first's last frame (`--segment_overlap`) or not, or read as interleaved halves
+    (`segment_layout: interleaved`); in one batch with an unsegmented video."""
     trainer, plain_dataset, collator = small_trainer
     model = trainer.model
     model.config.segment_composition = composition
@@ -475,12 +477,14 @@ def test_segmented_rows_train_the_adapter_that_internalize_composes(small_traine
         model.hypernetwork.place_projection = torch.nn.Parameter(torch.randn(2 * [model.config.latent_size]) * 0.05)
     rows = [json.loads(line) for line in workspace["manifest"].read_text().splitlines()]
     manifest = workspace["root"] / "segmented.jsonl"
-    write_manifest(manifest, [{**rows[0], "segments": 2}, rows[-1], {**rows[0], "id": "bad", "segments": 0}])
+    write_manifest(manifest, [{**rows[0], "segments": 2, "segment_layout": layout}, rows[-1],
+                              {**rows[0], "id": "bad", "segments": 0},
+                              {**rows[0], "id": "bad-layout", "segments": 2, "segment_layout": "shuffled"}])
     data_args = train_hf.DataArguments(train_manifest=str(manifest), questions_per_video=1, segment_overlap=overlap,
                                        frame_cache_dir=str(workspace["root"] / "frames"))
     dataset = train_hf.build_dataset(str(manifest), data_args, sampling=model.processor.sampling_kwargs(), seed=0,
                                      max_videos=None, training_args=trainer.args)
-    assert len(dataset) == 2  # the row with segments 0 is skipped as bad
+    assert len(dataset) == 2  # the rows with segments 0 and an unknown layout are skipped as bad
     segmented = next(example for example in (dataset[0], dataset[1]) if "segments" in example)
     plain = next(example for example in (dataset[0], dataset[1]) if "segments" not in example)
     first, second = segmented["segments"]
@@ -492,7 +496,7 @@ def test_segmented_rows_train_the_adapter_that_internalize_composes(small_traine
     assert all(p.grad is not None for p in model.hypernetwork.parameters() if p.requires_grad)
 
     video = str(workspace["root"] / rows[0]["video_path"])
-    expected = model.internalize(video, segments=2, segment_overlap=overlap)
+    expected = model.internalize(video, segments=2, segment_overlap=overlap, segment_layout=layout)
     other = model.internalize(str(workspace["root"] / rows[-1]["video_path"]))
 
     def delta(adapter):

@@ -15,6 +15,8 @@ A manifest row is a JSON object with these fields:
 | `span`        | [start, end], opt. | seconds, `0 <= start < end`, or null for the whole video                  |
 | `segments`    | int, optional      | >= 1: the student reads the video (or span) as that many equal segments,  |
 |               |                    | composed into one adapter (training; docs/design.md §5); default 1        |
+| `segment_layout` | str, optional   | `contiguous` (default) or `interleaved`: how those segments divide the    |
+|               |                    | video (`Video2LoRAModel.internalize(segment_layout=...)`)                 |
 
 Any other key (e.g. `teacher_target`, `teacher_logprobs`) is passed through untouched. Blank lines are ignored.
 """
@@ -235,6 +237,9 @@ def _validate_row(row: Any, *, require_target: bool) -> str | None:
     segments = row.get("segments", 1)
     if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
         return f"field 'segments' must be an integer >= 1, got {_preview(segments)}"
+    layout = row.get("segment_layout", "contiguous")
+    if layout not in ("contiguous", "interleaved"):
+        return f"field 'segment_layout' must be 'contiguous' or 'interleaved', got {_preview(layout)}"
     return None
 
 
