@@ -119,6 +119,8 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sweep = [r for r in results if r["name"].endswith("x")]
+    if not sweep:  # only harder scenes were asked for: nothing to draw against length
+        return
     lengths = [r["length"] for r in sweep]
     figure, axis = plt.subplots(figsize=(6, 4))
     for key, label in (("base", "Base (whole clip in context)"), ("v2l", "V2L (segments composed)"),
@@ -154,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="folder of this model's evaluations under --out "
                                                        "(default: the model folder's name)")
     parser.add_argument("--jobs", type=int, default=1, help="evaluations run at once, each on its own thread budget")
+    parser.add_argument("--kinds", nargs="+", choices=[v["name"] for v in variants()], default=None, metavar="KIND",
+                        help="evaluate these kinds only (default: all); a kind read as one segment scores the same "
+                             "under any --segment-layout or --segment-overlap")
     args = parser.parse_args(argv)
     args.harder_clips = args.harder_clips or args.clips
     config = Path(args.model) / "config.json"
@@ -162,12 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     # Jobs split the machine's cores between them rather than each taking all of them.
     args.threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda variant: evaluate(variant, args), variants()))
+        chosen = [variant for variant in variants() if args.kinds is None or variant["name"] in args.kinds]
+        results = list(pool.map(lambda variant: evaluate(variant, args), chosen))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": args.model, "clips_per_kind": args.clips, "clips_per_harder_scene": args.harder_clips,
               "seed_offset": args.seed_offset,
               "compose": args.compose, "segment_overlap": args.segment_overlap,
-              "segment_layout": args.segment_layout, "results": results}
+              "segment_layout": args.segment_layout, "kinds": args.kinds, "results": results}
     for result in results:  # folders under --out are the reader's own; keep the record free of machine paths
         result["output_dir"] = os.path.relpath(result["output_dir"], Path.cwd())
     args.results.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")

@@ -246,7 +246,8 @@ def test_eval_composes_segment_adapters(capsys, model, model_dir, world, tmp_pat
     assert code == 0 and "2 segment adapters per video, composed by average" in stdout
     (record,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert record["id"] == qa["id"]
-    assert json.loads((out / "summary.json").read_text())["composition"] == {"segments": 2, "mode": "average"}
+    assert json.loads((out / "summary.json").read_text())["composition"] == {"segments": 2, "mode": "average",
+                                                                          "layout": "contiguous"}
 
     # V2L answered with the average of the two halves' adapters (2 frames each); Base saw 4 frames of the whole.
     whole = model.processor.sample_video(videos[1], num_frames=4)

@@ -93,6 +93,14 @@ def test_the_sweep_table_states_each_types_equivalence_and_clip_count():
     assert {v["name"] for v in sweep.variants()} - {f"{n}x" for n in sweep.LENGTHS} == set(sweep.HARDER)
 
 
+def test_the_sweep_refuses_an_unknown_kind_before_any_clip_is_rendered(tmp_path, capsys):
+    sweep = _sweep_module()
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(["--kinds", "8x", "3x", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "invalid choice: '3x'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_boundary_events_tells_a_change_between_segments_from_one_inside(tmp_path):
     """scripts/boundary_events.py on a hand-made sweep of two 8-step clips read as 2 segments: one colour change on
     step 4 (the second segment's first: no segment sees it), one on another step."""

@@ -402,7 +402,7 @@ def test_latent_composition_decodes_every_segment_at_once_and_keeps_the_rank(mak
     frames = make_frames(16, seed=6)
     composed = model.internalize(frames, segments=4)
     assert composed.rank == model.config.effective_rank  # whatever the number of segments
-    assert composed.metadata["composed"] == {"mode": "latents", "parts": 4}
+    assert composed.metadata["composed"] == {"mode": "latents", "parts": 4, "layout": "contiguous"}
 
     def latents(sampled):
         inputs = model.processor.encode_videos([sampled.frames], INSTRUCTION, timestamps=[sampled.timestamps],

@@ -37,7 +37,8 @@ def test_pipeline_returns_an_adapter_and_answers_offline_from_anywhere(tmp_path)
     write_video(video, clip.frames, fps=clip.fps)
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    # One thread as in this process (conftest): a matmul split over another number of threads rounds differently.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(EMBEDDED), str(video), str(tmp_path / "o.pt")],
                             cwd=workdir, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -116,7 +116,7 @@ def test_one_file_gives_one_adapter_through_every_door(make_model, tmp_path, cap
         "evaluation": runner.read_row_video(model, {"video_path": str(path)}),
         "teacher": teacher._load_video({"video_path": str(path)}, {}, model.processor, num_frames=None),
     }
-    table = train_hf.decode_videos([(str(path), None)], sampling=model.processor.sampling_kwargs(),
+    table = train_hf.decode_videos([(str(path), None, None)], sampling=model.processor.sampling_kwargs(),
                                    cache_dir=str(tmp_path / "frames"))
     record = table[0]
     doors["trainer"] = np.frombuffer(record["frames"], dtype=np.uint8).reshape(record["shape"])
