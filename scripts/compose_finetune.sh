@@ -11,6 +11,11 @@
 # 10). Every step resumes or skips what exists when rerun.
 #
 #   INIT=path/to/hypernetwork bash scripts/compose_finetune.sh   # -> runs/compose/ and its eval folders (OUT=...)
+#
+# The variants below (STAGE4, OVERLAP, LONG, INTERLEAVED) continue OUT. FROM=checkpoint starts OUT as a copy of a
+# finished one and skips the three stages, e.g. the shipped model's variant without its 67 minutes of stages:
+#
+#   FROM=video2lora/checkpoints/video2lora-world INTERLEAVED=1 bash scripts/compose_finetune.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
@@ -59,16 +64,20 @@ train() {  # OUTPUT INIT MANIFEST STEPS LR WEIGHTS SEED [flags]
     --question_type_weights "$6" --max_steps "$4" --learning_rate "$5" --seed "$7" --logging_steps 25 \
     --save_strategy steps --save_steps 250 --save_total_limit 2 --report_to none "${@:8}" "${resume[@]}"
 }
-train "$OUT/stage1" "$INIT" train_compose_teacher.jsonl 3000 3e-4 order=4,count=3 42 \
-  --segment_composition latents --use_segment_place true
-train "$OUT/stage2" "$OUT/stage1" train_compose_teacher.jsonl 2000 2e-4 order=4,count=3,direction=3 7
-train "$OUT" "$OUT/stage2" train_harder_mix.jsonl 2000 2e-4 order=4,count=3,direction=3,colour_change=3 11
-python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT --output_dir $OUT/eval \
-  --overwrite
-for segments in 2 4; do
-  python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments $segments \
-    --num_frames 4 --model $OUT --output_dir $OUT/eval-compose-$segments --overwrite
-done
+if [ -n "${FROM:-}" ]; then  # the variants below from a finished checkpoint, without its three stages
+  [ -f "$OUT/model.safetensors" ] || find "$FROM" -maxdepth 1 -type f -exec cp {} "$OUT"/ \;
+else
+  train "$OUT/stage1" "$INIT" train_compose_teacher.jsonl 3000 3e-4 order=4,count=3 42 \
+    --segment_composition latents --use_segment_place true
+  train "$OUT/stage2" "$OUT/stage1" train_compose_teacher.jsonl 2000 2e-4 order=4,count=3,direction=3 7
+  train "$OUT" "$OUT/stage2" train_harder_mix.jsonl 2000 2e-4 order=4,count=3,direction=3,colour_change=3 11
+  python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT --output_dir $OUT/eval \
+    --overwrite
+  for segments in 2 4; do
+    python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments $segments \
+      --num_frames 4 --model $OUT --output_dir $OUT/eval-compose-$segments --overwrite
+  done
+fi
 # Not shipped (README, "Long videos"): STAGE4=1 continues OUT for 1,500 steps at lr 1e-4 with 2,000 more 2-event and
 # 1,500 more 8-step clips and colour change 4x (OUT/stage4, about 35 minutes with its evaluations).
 if [ "${STAGE4:-0}" = 1 ]; then
@@ -119,5 +128,24 @@ if [ "${LONG:-0}" = 1 ]; then
     --num_frames 4 --model $OUT/$name --output_dir $OUT/$name/eval-compose-2 --overwrite
   python scripts/long_video_sweep.py --model $OUT/$name --out runs/sweep --name $name --results $results \
     --clips 40 --harder-clips 200 --jobs 2
+fi
+# INTERLEAVED=1 continues OUT as LONG=1 does, its long clips read as interleaved segments (`segment_layout:
+# interleaved`: each of a clip's K segments is every K-th of its 4K frames, so each covers the whole clip), the
+# two-segment clips still as their halves; decoded as the DataLoader asks (35,000 videos and parts, more than 1,200
+# steps read). Then evaluated with the sweep read the same way (OUT/interleaved, about 55 minutes).
+if [ "${INTERLEAVED:-0}" = 1 ]; then
+  [ -f "$DATA/train_long4x.jsonl" ] || w --split train --num-clips 1000 --seed-offset 60000 --num-steps 16 --max-events 4 --manifest-name train_long4x.jsonl
+  [ -f "$DATA/train_long8x.jsonl" ] || w --split train --num-clips 1500 --seed-offset 62000 --num-steps 32 --max-events 8 --manifest-name train_long8x.jsonl
+  mix=train_long_interleaved_mix.jsonl
+  python scripts/composition_rows.py --segments 4 --interleaved "$DATA/train_long4x.jsonl" > "$DATA/$mix"
+  python scripts/composition_rows.py --segments 8 --interleaved "$DATA/train_long8x.jsonl" >> "$DATA/$mix"
+  cat "$DATA/train_harder_mix.jsonl" >> "$DATA/$mix"
+  train "$OUT/interleaved" "$OUT" "$mix" 1200 1e-4 order=4,count=3,direction=3,colour_change=3 23 \
+    --decode_in_workers true --dataloader_num_workers 1
+  python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT/interleaved --output_dir $OUT/interleaved/eval --overwrite
+  python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
+    --num_frames 4 --model $OUT/interleaved --output_dir $OUT/interleaved/eval-compose-2 --overwrite
+  python scripts/long_video_sweep.py --model $OUT/interleaved --out runs/sweep --name interleaved \
+    --segment-layout interleaved --results $OUT/interleaved/sweep --clips 40 --harder-clips 200 --jobs 2
 fi
 echo "done $(date)"
