@@ -112,20 +112,30 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, reading: str = "segments composed",
+         compare: dict[str, list[dict]] | None = None) -> None:
+    """Exact match against length; `reading` says how V2L read the clips, `compare` adds the V2L line of other
+    sweeps (label -> their results)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sweep = [r for r in results if r["name"].endswith("x")]
+    def by_length(rows: list[dict]) -> list[dict]:
+        return [r for r in rows if r["name"].endswith("x")]
+
+    sweep = by_length(results)
     if not sweep:  # only harder scenes were asked for: nothing to draw against length
         return
     lengths = [r["length"] for r in sweep]
     figure, axis = plt.subplots(figsize=(6, 4))
-    for key, label in (("base", "Base (whole clip in context)"), ("v2l", "V2L (segments composed)"),
+    for key, label in (("base", "Base (whole clip in context)"), ("v2l", f"V2L ({reading})"),
                        ("blind", "Blind")):
         axis.plot(lengths, [r["scores"]["all QA"][key] for r in sweep], marker="o", label=label)
+    for label, rows in (compare or {}).items():
+        rows = by_length(rows)
+        axis.plot([r["length"] for r in rows], [r["scores"]["all QA"]["v2l"] for r in rows], marker="o",
+                  linestyle="--", label=f"V2L, {label}")
     axis.set_xscale("log", base=2)
     axis.set_xticks(lengths, [f"{length}x" for length in lengths])
     axis.set_xlabel("clip length / training clip length")
@@ -159,7 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", choices=[v["name"] for v in variants()], default=None, metavar="KIND",
                         help="evaluate these kinds only (default: all); a kind read as one segment scores the same "
                              "under any --segment-layout or --segment-overlap")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="LABEL=JSON",
+                        help="also draw the V2L line of earlier sweeps (their .json) on the plot")
     args = parser.parse_args(argv)
+    compare = {}
+    for item in args.compare:
+        label, _, source = item.partition("=")
+        if not label or not Path(source).is_file():
+            parser.error(f"--compare takes LABEL=JSON with an existing sweep record, got {item!r}")
+        compare[label] = json.loads(Path(source).read_text())["results"]
     args.harder_clips = args.harder_clips or args.clips
     config = Path(args.model) / "config.json"
     if args.compose is None and config.is_file():  # a Hub id leaves it to the model (`video2lora eval`'s default)
@@ -179,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     args.results.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     text = table(results)
     args.results.with_suffix(".md").write_text(text)
-    plot(results, args.results.with_suffix(".png"))
+    reading = " ".join([args.segment_layout, "segments"] + ([f"overlapping by {args.segment_overlap}"]
+                                                           if args.segment_overlap else []))
+    plot(results, args.results.with_suffix(".png"), reading, compare)
     print(text)
     return 0
 

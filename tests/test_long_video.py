@@ -93,11 +93,15 @@ def test_the_sweep_table_states_each_types_equivalence_and_clip_count():
     assert {v["name"] for v in sweep.variants()} - {f"{n}x" for n in sweep.LENGTHS} == set(sweep.HARDER)
 
 
-def test_the_sweep_refuses_an_unknown_kind_before_any_clip_is_rendered(tmp_path, capsys):
+def test_the_sweep_refuses_an_unknown_kind_or_comparison_before_any_clip_is_rendered(tmp_path, capsys):
     sweep = _sweep_module()
     with pytest.raises(SystemExit) as exit_info:
         sweep.main(["--kinds", "8x", "3x", "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "invalid choice: '3x'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(["--compare", f"contiguous={tmp_path / 'missing.json'}", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--compare takes LABEL=JSON" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
