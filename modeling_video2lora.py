@@ -752,8 +752,13 @@ class Video2LoRAModel(Video2LoRAPreTrainedModel):
         self.config.custom_pipelines = {TASK: {"impl": f"pipeline_video2lora.{Video2LoRAPipeline.__name__}",
                                                "pt": ["AutoModel"], "type": "multimodal"}}
         super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
-        if self.processor is not None and kwargs.get("is_main_process", True):
-            self.processor.save_pretrained(save_directory)
+        if kwargs.get("is_main_process", True):
+            if self.processor is not None:
+                self.processor.save_pretrained(save_directory)
+            # safetensors writes its files 0600 (a private temporary renamed into place); a checkpoint is for a server
+            # or a colleague running as another user too, as an adapter folder is.
+            for path in Path(save_directory).glob("*.safetensors"):
+                path.chmod(path.stat().st_mode | 0o444)
 
     def train(self, mode: bool = True):
         super().train(mode)

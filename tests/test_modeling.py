@@ -115,6 +115,12 @@ def test_context_positions_let_the_perceiver_see_token_order(make_model):
     torch.testing.assert_close(encode_first_layer(hypernetwork, padded, mask), forward, atol=1e-4, rtol=1e-4)
 
 
+def test_a_saved_checkpoint_is_readable_by_everyone(make_model, tmp_path):
+    make_model().save_pretrained(tmp_path)
+    weights = list(tmp_path.glob("*.safetensors"))
+    assert weights and all(path.stat().st_mode & 0o444 == 0o444 for path in weights)
+
+
 def test_context_positions_grow_a_saved_checkpoint_as_a_no_op(make_model, processor, tmp_path):
     model = make_model()
     perturb_(model)
