@@ -59,14 +59,15 @@ def run(command: list[str], threads: int | None = None) -> None:
 
 def evaluate(variant: dict, args: argparse.Namespace) -> dict:
     clips = args.harder_clips if variant["name"] in HARDER else args.clips
-    stem = f"{variant['name'].replace(' ', '_')}-{clips}"
+    stem = f"{variant['name'].replace(' ', '_')}-{clips}" + (f"-{args.question_type}" if args.question_type else "")
     # One folder per kind (and count): every kind uses the same seeds, so their video files share names.
     manifest = args.out / "clips" / stem / f"{stem}.jsonl"
     if not manifest.is_file():
         # Seeds past the test clips the README's tables use, so these clips are new to every evaluation.
         run([sys.executable, "-m", "video2lora.world", "--out", str(manifest.parent), "--split", "test",
              "--num-clips", str(clips), "--seed-offset", str(args.seed_offset), "--num-steps",
-             str(variant["steps"]), *variant["world"], "--manifest-name", manifest.name, "--no-progress"],
+             str(variant["steps"]), *variant["world"], "--manifest-name", manifest.name, "--no-progress",
+             *(["--require-question-type", args.question_type] if args.question_type else [])],
             args.threads)
     composition = ((args.compose or "default") + (f"-overlap{args.segment_overlap}" if args.segment_overlap else "")
                    + ("-interleaved" if args.segment_layout == "interleaved" else ""))
@@ -76,6 +77,7 @@ def evaluate(variant: dict, args: argparse.Namespace) -> dict:
                *(["--compose", args.compose] if args.compose else []),
                *(["--segment_overlap", str(args.segment_overlap)] if args.segment_overlap else []),
                *(["--segment_layout", args.segment_layout] if args.segment_layout != "contiguous" else []),
+               *(["--where", f"question_type={args.question_type}"] if args.question_type else []),
                "--output_dir", str(output)]
     if not (output / "summary.json").is_file():
         run(command + (["--resume"] if (output / "records.jsonl").is_file() else []), args.threads)
@@ -169,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", choices=[v["name"] for v in variants()], default=None, metavar="KIND",
                         help="evaluate these kinds only (default: all); a kind read as one segment scores the same "
                              "under any --segment-layout or --segment-overlap")
+    parser.add_argument("--question-type", choices=QUESTION_TYPES, default=None,
+                        help="clips that ask this type only, scored on it only: an interval per type for a rare one")
     parser.add_argument("--compare", nargs="+", default=[], metavar="LABEL=JSON",
                         help="also draw the V2L line of earlier sweeps (their .json) on the plot")
     args = parser.parse_args(argv)
@@ -191,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"model": args.model, "clips_per_kind": args.clips, "clips_per_harder_scene": args.harder_clips,
               "seed_offset": args.seed_offset,
               "compose": args.compose, "segment_overlap": args.segment_overlap,
-              "segment_layout": args.segment_layout, "kinds": args.kinds, "results": results}
+              "segment_layout": args.segment_layout, "kinds": args.kinds, "question_type": args.question_type,
+              "results": results}
     for result in results:  # folders under --out are the reader's own; keep the record free of machine paths
         result["output_dir"] = os.path.relpath(result["output_dir"], Path.cwd())
     args.results.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
