@@ -93,6 +93,32 @@ def test_the_sweep_table_states_each_types_equivalence_and_clip_count():
     assert {v["name"] for v in sweep.variants()} - {f"{n}x" for n in sweep.LENGTHS} == set(sweep.HARDER)
 
 
+def test_a_sweep_for_one_question_type_renders_clips_that_ask_it_and_scores_it_alone(tmp_path, monkeypatch):
+    sweep = _sweep_module()
+    commands = []
+
+    def run(command, threads=None):  # stands in for rendering and `video2lora eval`: records, then writes a summary
+        commands.append(command)
+        if "eval" in command:
+            output = Path(command[command.index("--output_dir") + 1])
+            output.mkdir(parents=True)
+            metric = {"exact_match": {"means": {"blind": 0.2, "base": 0.9, "v2l": 0.9}, "delta": 0.0,
+                                      "ci_low": -0.1, "ci_high": 0.1, "equivalent": False}}
+            groups = {"qa": {"num_items": 10, "metrics": metric}, "qa/order": {"num_items": 10, "metrics": metric}}
+            (output / "summary.json").write_text(json.dumps({"groups": groups}))
+
+    monkeypatch.setattr(sweep, "run", run)
+    assert sweep.main(["--kinds", "8 steps", "--question-type", "order", "--harder-clips", "300", "--out",
+                       str(tmp_path / "out"), "--results", str(tmp_path / "order"), "--compose", "latents"]) == 0
+    render, evaluate = commands
+    assert render[render.index("--require-question-type") + 1] == "order"
+    assert "question_type=order" in evaluate[evaluate.index("--where"):]
+    # Apart from the sweep's own 8-step clips, which ask every type.
+    assert "8_steps-300-order" in render[render.index("--out") + 1]
+    record = json.loads((tmp_path / "order.json").read_text())
+    assert record["question_type"] == "order" and set(record["results"][0]["scores"]) == {"all QA", "order"}
+
+
 def test_the_sweep_refuses_an_unknown_kind_or_comparison_before_any_clip_is_rendered(tmp_path, capsys):
     sweep = _sweep_module()
     with pytest.raises(SystemExit) as exit_info:
