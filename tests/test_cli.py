@@ -449,6 +449,8 @@ def test_arguments_and_paths_are_checked_before_the_model_loads(capsys, world, t
         (["internalize", video, "-o", tmp_path / "a", "--segment_overlap", "-1"], "--segment_overlap", "integer >= 0"),
         (["internalize", video, "-o", tmp_path / "a", "--segment_layout", "shuffled"], "--segment_layout",
          "invalid choice"),
+        (["eval", "--manifest", world[0], "--segments", "2", "--segment_layout", "interleaved", "--segment_overlap", "1"],
+         "--segment_overlap", "interleaved segments each cover the whole video"),
         (["ask", video, "  "], "question 1 is empty"),
         (["ask", video, "what?", ""], "question 2 is empty"),
         (["internalize", video, "-o", tmp_path / "file" / "sub"], "is a file"),

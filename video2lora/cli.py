@@ -881,7 +881,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         `int`: 0 on success, 2 on a user error (reported as one line on stderr; invalid arguments too), 130 after
         Ctrl-C (one line, no traceback).
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "segment_layout", None) == "interleaved" and getattr(args, "segment_overlap", 0):
+        parser.error(f"{args.command}: --segment_overlap carries the end of the segment before; interleaved "
+                     "segments each cover the whole video, so there is none to carry")
     _prefer_offline(getattr(args, "model", None))
     # Imported only now: they import transformers, which must see HF_HUB_OFFLINE as just set.
     from modeling_video2lora import AdapterMismatchError, AdapterReadError
