@@ -8,6 +8,7 @@ This is a Hub file: it imports only torch, transformers, peft, its sibling Hub f
 from __future__ import annotations
 
 import copy
+import errno
 import functools
 import hashlib
 import json
@@ -1314,19 +1315,24 @@ def _same_base(theirs: str, ours: str) -> bool:
 def _replace_directory(new: Path, target: Path) -> None:
     """Move the finished folder `new` to `target`. Renames are atomic, so a reader sees the old folder or the new one,
     never a mix; a folder already at `target` is moved aside first (POSIX cannot rename over a non-empty one)."""
-    try:
-        os.rename(new, target)
-        return
-    except OSError:
-        if not target.is_dir():
-            raise
     aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-    os.rename(target, aside / target.name)
     try:
-        os.rename(new, target)
-    except OSError:  # another writer got there first: its complete folder stays
-        shutil.rmtree(new, ignore_errors=True)
-    shutil.rmtree(aside, ignore_errors=True)
+        for attempt in range(2):
+            try:
+                os.rename(new, target)
+                return
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            if attempt > 0:  # another writer put its complete folder there after ours moved one aside: it stays
+                shutil.rmtree(new, ignore_errors=True)
+                return
+            try:
+                os.rename(target, aside / target.name)
+            except FileNotFoundError:  # another writer moved it aside between our two renames: try again
+                continue
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _checkpoint_decoder_layer(layer: nn.Module, checkpoint_function: Callable, function: Callable, *args):

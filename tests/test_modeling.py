@@ -672,19 +672,20 @@ def _write_adapter_repeatedly(adapter, folder, marker, rounds):
 
 
 def test_concurrent_writers_leave_one_whole_adapter(make_model, tmp_path):
-    """Two processes write different adapters to one folder while this one reads it: every read sees one writer's
-    complete folder (its weights, their metadata and its side files agree), never a mix or a torn file."""
+    """Three processes write different adapters to one folder while this one reads it: every read sees one writer's
+    complete folder (its weights, their metadata and its side files agree), never a mix or a torn file, every writer
+    finishes and no staging folder is left behind."""
     import multiprocessing
 
     from safetensors import safe_open
 
     model = make_model()
     perturb_(model)
-    adapters = [model.internalize(make_frames(2, seed=seed)) for seed in (1, 2)]
+    adapters = [model.internalize(make_frames(2, seed=seed)) for seed in (1, 2, 3)]
     folder = tmp_path / "adapter"
     context = multiprocessing.get_context("fork")
     writers = [context.Process(target=_write_adapter_repeatedly, args=(adapter, folder, marker, 15))
-               for adapter, marker in zip(adapters, "ab", strict=True)]
+               for adapter, marker in zip(adapters, "abc", strict=True)]
     for writer in writers:
         writer.start()
     reads = 0
