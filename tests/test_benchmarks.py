@@ -6,7 +6,15 @@ import json
 import pytest
 import torch
 
-from benchmarks import adapter_overhead, batched_serving, hypernetwork_cost, long_video, query_time, teacher_cost
+from benchmarks import (
+    adapter_overhead,
+    batched_serving,
+    hypernetwork_cost,
+    long_video,
+    query_time,
+    segment_layout,
+    teacher_cost,
+)
 from benchmarks.common import StaticPrefix, load_model, query_inputs
 
 
@@ -146,3 +154,13 @@ def test_long_video(run_quick, tmp_path):
     assert all(row["peak_above_baseline_bytes"] > 0 and row["seconds"] > 0 for row in result["rows"])
     assert set(result["ratios"]) == set(long_video.MODES)
     assert (tmp_path / "long_video_quick.png").stat().st_size > 0
+
+
+def test_segment_layout(run_quick):
+    """Both layouts read the same file at every segment count; the ratio is theirs, measured side by side."""
+    result = run_quick(segment_layout, "segment_layout")
+    assert [(row["video_px"], row["segments"]) for row in result["rows"]] == [(32, 2), (32, 4)]
+    for row in result["rows"]:
+        seconds = row["seconds"]
+        assert set(seconds) == {"contiguous", "interleaved"} and min(seconds.values()) > 0
+        assert row["interleaved_over_contiguous"] == seconds["interleaved"] / seconds["contiguous"]
