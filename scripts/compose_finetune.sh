@@ -64,6 +64,10 @@ train() {  # OUTPUT INIT MANIFEST STEPS LR WEIGHTS SEED [flags]
     --question_type_weights "$6" --max_steps "$4" --learning_rate "$5" --seed "$7" --logging_steps 25 \
     --save_strategy steps --save_steps 250 --save_total_limit 2 --report_to none "${@:8}" "${resume[@]}"
 }
+evaluate() {  # video2lora eval ARGS..., skipped when its --output_dir holds a finished evaluation
+  local out; out=$(printf '%s\n' "$@" | grep -A1 -x -- --output_dir | tail -1)
+  [ -f "$out/summary.json" ] || python -m video2lora.cli eval "$@"
+}
 if [ -n "${FROM:-}" ]; then  # the variants below from a finished checkpoint, without its three stages
   [ -f "$OUT/model.safetensors" ] || find "$FROM" -maxdepth 1 -type f -exec cp {} "$OUT"/ \;
 else
@@ -71,11 +75,10 @@ else
     --segment_composition latents --use_segment_place true
   train "$OUT/stage2" "$OUT/stage1" train_compose_teacher.jsonl 2000 2e-4 order=4,count=3,direction=3 7
   train "$OUT" "$OUT/stage2" train_harder_mix.jsonl 2000 2e-4 order=4,count=3,direction=3,colour_change=3 11
-  python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT --output_dir $OUT/eval \
-    --overwrite
+  evaluate --manifest "$DATA/test.jsonl" --model $OUT --output_dir $OUT/eval
   for segments in 2 4; do
-    python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments $segments \
-      --num_frames 4 --model $OUT --output_dir $OUT/eval-compose-$segments --overwrite
+    evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments $segments \
+      --num_frames 4 --model $OUT --output_dir $OUT/eval-compose-$segments
   done
 fi
 # Not shipped (README, "Long videos"): STAGE4=1 continues OUT for 1,500 steps at lr 1e-4 with 2,000 more 2-event and
@@ -88,10 +91,10 @@ if [ "${STAGE4:-0}" = 1 ]; then
   cat "$DATA/train_harder_mix.jsonl" "$DATA/train_events2b_teacher.jsonl" > "$DATA/train_stage4_mix.jsonl"
   python scripts/composition_rows.py --halves "$DATA/train_steps8b_teacher.jsonl" >> "$DATA/train_stage4_mix.jsonl"
   train "$OUT/stage4" "$OUT" train_stage4_mix.jsonl 1500 1e-4 order=4,count=3,direction=3,colour_change=4 13
-  python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT/stage4 --output_dir $OUT/stage4/eval --overwrite
+  evaluate --manifest "$DATA/test.jsonl" --model $OUT/stage4 --output_dir $OUT/stage4/eval
   for segments in 2 4; do
-    python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments $segments \
-      --num_frames 4 --model $OUT/stage4 --output_dir $OUT/stage4/eval-compose-$segments --overwrite
+    evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments $segments \
+      --num_frames 4 --model $OUT/stage4 --output_dir $OUT/stage4/eval-compose-$segments
   done
 fi
 # Not shipped (README, "Long videos"): OVERLAP=1 continues OUT for 1,500 steps on the third stage's clips with each
@@ -100,9 +103,9 @@ fi
 if [ "${OVERLAP:-0}" = 1 ]; then
   train "$OUT/overlap1" "$OUT" train_harder_mix.jsonl 1500 1e-4 order=4,count=3,direction=3,colour_change=3 21 \
     --segment_overlap 1
-  python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT/overlap1 --output_dir $OUT/overlap1/eval --overwrite
-  python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-    --num_frames 4 --segment_overlap 1 --model $OUT/overlap1 --output_dir $OUT/overlap1/eval-compose-2-overlap1 --overwrite
+  evaluate --manifest "$DATA/test.jsonl" --model $OUT/overlap1 --output_dir $OUT/overlap1/eval
+  evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
+    --num_frames 4 --segment_overlap 1 --model $OUT/overlap1 --output_dir $OUT/overlap1/eval-compose-2-overlap1
   python scripts/long_video_sweep.py --model $OUT/overlap1 --out runs/sweep --name overlap1 --segment-overlap 1 \
     --results $OUT/overlap1/sweep --clips 40 --harder-clips 200 --jobs 2
 fi
@@ -123,9 +126,9 @@ if [ "${LONG:-0}" = 1 ]; then
     python scripts/composition_rows.py --id-suffix="-copy$copy" "$DATA/train_two_segment_teacher.jsonl" >> "$DATA/$mix"
   done
   train "$OUT/$name" "$OUT" "$mix" 1200 1e-4 order=4,count=3,direction=3,colour_change=3 23
-  python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT/$name --output_dir $OUT/$name/eval --overwrite
-  python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-    --num_frames 4 --model $OUT/$name --output_dir $OUT/$name/eval-compose-2 --overwrite
+  evaluate --manifest "$DATA/test.jsonl" --model $OUT/$name --output_dir $OUT/$name/eval
+  evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
+    --num_frames 4 --model $OUT/$name --output_dir $OUT/$name/eval-compose-2
   python scripts/long_video_sweep.py --model $OUT/$name --out runs/sweep --name $name --results $results \
     --clips 40 --harder-clips 200 --jobs 2
 fi
@@ -143,10 +146,27 @@ if [ "${INTERLEAVED:-0}" = 1 ]; then
   cat "$DATA/train_harder_mix.jsonl" >> "$DATA/$mix"
   train "$OUT/interleaved" "$OUT" "$mix" 1200 1e-4 order=4,count=3,direction=3,colour_change=3 23 \
     --decode_in_workers true --dataloader_num_workers 1
-  python -m video2lora.cli eval --manifest "$DATA/test.jsonl" --model $OUT/interleaved --output_dir $OUT/interleaved/eval --overwrite
-  python -m video2lora.cli eval --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-    --num_frames 4 --model $OUT/interleaved --output_dir $OUT/interleaved/eval-compose-2 --overwrite
+  evaluate --manifest "$DATA/test.jsonl" --model $OUT/interleaved --output_dir $OUT/interleaved/eval
+  evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
+    --num_frames 4 --model $OUT/interleaved --output_dir $OUT/interleaved/eval-compose-2
   python scripts/long_video_sweep.py --model $OUT/interleaved --out runs/sweep --name interleaved \
     --segment-layout interleaved --results $OUT/interleaved/sweep --clips 40 --harder-clips 200 --jobs 2
+fi
+# Not shipped (README, "Long videos"): INTERLEAVED=1 COPIES=N continues OUT/interleaved 1,200 more steps on its mix with
+# the long clips' interleaved rows N times (OUT/interleaved-copiesN): do they still underfit when seen more often?
+if [ "${INTERLEAVED:-0}" = 1 ] && [ "${COPIES:-1}" -gt 1 ]; then
+  name=interleaved-copies$COPIES; mix=train_long_interleaved_copies${COPIES}_mix.jsonl
+  cp "$DATA/train_long_interleaved_mix.jsonl" "$DATA/$mix"
+  for copy in $(seq 2 "$COPIES"); do
+    python scripts/composition_rows.py --segments 4 --interleaved --id-suffix="-copy$copy" "$DATA/train_long4x.jsonl" >> "$DATA/$mix"
+    python scripts/composition_rows.py --segments 8 --interleaved --id-suffix="-copy$copy" "$DATA/train_long8x.jsonl" >> "$DATA/$mix"
+  done
+  train "$OUT/$name" "$OUT/interleaved" "$mix" 1200 1e-4 order=4,count=3,direction=3,colour_change=3 31 \
+    --decode_in_workers true --dataloader_num_workers 1
+  evaluate --manifest "$DATA/test.jsonl" --model $OUT/$name --output_dir $OUT/$name/eval
+  evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
+    --num_frames 4 --model $OUT/$name --output_dir $OUT/$name/eval-compose-2
+  python scripts/long_video_sweep.py --model $OUT/$name --out runs/sweep --name $name \
+    --segment-layout interleaved --results $OUT/$name/sweep --clips 40 --harder-clips 200 --jobs 2
 fi
 echo "done $(date)"

@@ -43,12 +43,13 @@ HARDER = {
 QUESTION_TYPES = ("count", "shape", "colour", "colour_change", "direction", "order")
 
 
-def variants() -> list[dict]:
+def variants(one_segment: bool = False) -> list[dict]:
+    """Every kind of clip; `one_segment` reads each as one segment of a training clip's frame count (Base too)."""
     rows = [{"name": f"{length}x", "length": length, "steps": STEPS_PER_TRAINING_CLIP * length,
              "world": ["--max-events", str(length)], "segments": length} for length in LENGTHS]
     rows += [{"name": name, "length": steps / STEPS_PER_TRAINING_CLIP, "steps": steps, "world": options,
               "segments": segments} for name, (steps, options, segments) in HARDER.items()]
-    return rows
+    return [{**row, "segments": 1} for row in rows] if one_segment else rows
 
 
 def run(command: list[str], threads: int | None = None) -> None:
@@ -69,7 +70,8 @@ def evaluate(variant: dict, args: argparse.Namespace) -> dict:
              str(variant["steps"]), *variant["world"], "--manifest-name", manifest.name, "--no-progress",
              *(["--require-question-type", args.question_type] if args.question_type else [])],
             args.threads)
-    composition = ((args.compose or "default") + (f"-overlap{args.segment_overlap}" if args.segment_overlap else "")
+    composition = ("one-segment" if args.one_segment else
+                   (args.compose or "default") + (f"-overlap{args.segment_overlap}" if args.segment_overlap else "")
                    + ("-interleaved" if args.segment_layout == "interleaved" else ""))
     output = args.out / (args.name or Path(args.model).name) / composition / stem
     command = [sys.executable, "-m", "video2lora.cli", "eval", "--manifest", str(manifest), "--model", args.model,
@@ -98,7 +100,8 @@ def table(results: list[dict]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for result in results:
         s = result["scores"]["all QA"]
-        lines.append(f"| {result['name']} | {result['clips']} | {result['steps']} | {result['steps']} | "
+        lines.append(f"| {result['name']} | {result['clips']} | {result['steps']} | "
+                     f"{STEPS_PER_TRAINING_CLIP * result['segments']} | "
                      f"{result['segments']} | {s['n']} | "
                      f"{s['blind']:.3f} | {s['base']:.3f} | {s['v2l']:.3f} | {s['delta']:+.3f} "
                      f"[{s['ci'][0]:+.3f}, {s['ci'][1]:+.3f}] | {'yes' if s['equivalent'] else 'no'} |")
@@ -114,10 +117,51 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _exact_matches(output_dir: str, system: str) -> dict[str, tuple[str, float]]:
+    """Question id -> (question type, `system`'s exact match) from an evaluation's records."""
+    records = (json.loads(line) for line in (Path(output_dir) / "records.jsonl").read_text().splitlines() if line)
+    return {r["id"]: (r["question_type"], r["scores"][system]["exact_match"]) for r in records if r["task_type"] == "qa"}
+
+
+def against(results: list[dict], other: list[dict], label: str) -> tuple[list[dict], str]:
+    """V2L of these results against the Base of another sweep's (`other`), question by question on the clips both
+    read (the same seeds): a paired bootstrap per kind, on all QA and per type. Returns the rows and their table."""
+    from video2lora.evaluation import paired_bootstrap
+
+    theirs = {result["name"]: result for result in other}
+    rows, lines = [], [f"V2L against Base ({label}), paired on the same questions (Base / V2L, n, Δ [95% CI], "
+                       "equivalent within ±0.05):", "", "| clips | " + " | ".join(("all QA",) + QUESTION_TYPES) + " |",
+                       "|---|" + "---|" * (len(QUESTION_TYPES) + 1)]
+    for result in results:
+        if result["name"] not in theirs:
+            continue
+        ours, base = _exact_matches(result["output_dir"], "v2l"), _exact_matches(theirs[result["name"]]["output_dir"],
+                                                                               "base")
+        common = sorted(ours.keys() & base.keys())
+        row, cells = {"name": result["name"], "scores": {}}, []
+        for kind in ("all QA",) + QUESTION_TYPES:
+            ids = [i for i in common if kind == "all QA" or ours[i][0] == kind]
+            if not ids:
+                cells.append("–")
+                continue
+            v2l, reference = [ours[i][1] for i in ids], [base[i][1] for i in ids]
+            boot = paired_bootstrap(v2l, reference)
+            row["scores"][kind] = {"n": len(ids), "base": sum(reference) / len(ids), "v2l": sum(v2l) / len(ids),
+                                   "delta": boot.delta, "ci": [boot.ci_low, boot.ci_high],
+                                   "equivalent": boot.equivalent(0.05)}
+            score = row["scores"][kind]
+            cells.append(f"{score['base']:.3f} / {score['v2l']:.3f} ({len(ids)}, {boot.delta:+.3f} "
+                         f"[{boot.ci_low:+.3f}, {boot.ci_high:+.3f}], {'yes' if score['equivalent'] else 'no'})")
+        rows.append(row)
+        lines.append(f"| {result['name']} | " + " | ".join(cells) + " |")
+    return rows, "\n".join(lines) + "\n"
+
+
 def plot(results: list[dict], path: Path, reading: str = "segments composed",
-         compare: dict[str, list[dict]] | None = None) -> None:
-    """Exact match against length; `reading` says how V2L read the clips, `compare` adds the V2L line of other
-    sweeps (label -> their results)."""
+         compare: dict[str, list[dict]] | None = None, base_reading: str = "whole clip in context",
+         other_base: tuple[str, list[dict]] | None = None) -> None:
+    """Exact match against length; `reading` and `base_reading` say how V2L and Base read the clips, `compare` adds
+    the V2L line of other sweeps (label -> their results), `other_base` the Base line of another (label, results)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,9 +175,13 @@ def plot(results: list[dict], path: Path, reading: str = "segments composed",
         return
     lengths = [r["length"] for r in sweep]
     figure, axis = plt.subplots(figsize=(6, 4))
-    for key, label in (("base", "Base (whole clip in context)"), ("v2l", f"V2L ({reading})"),
+    for key, label in (("base", f"Base ({base_reading})"), ("v2l", f"V2L ({reading})"),
                        ("blind", "Blind")):
         axis.plot(lengths, [r["scores"]["all QA"][key] for r in sweep], marker="o", label=label)
+    if other_base is not None:
+        rows = by_length(other_base[1])
+        axis.plot([r["length"] for r in rows], [r["scores"]["all QA"]["base"] for r in rows], marker="s",
+                  linestyle=":", label=f"Base, {other_base[0]}")
     for label, rows in (compare or {}).items():
         rows = by_length(rows)
         axis.plot([r["length"] for r in rows], [r["scores"]["all QA"]["v2l"] for r in rows], marker="o",
@@ -173,38 +221,62 @@ def main(argv: list[str] | None = None) -> int:
                              "under any --segment-layout or --segment-overlap")
     parser.add_argument("--question-type", choices=QUESTION_TYPES, default=None,
                         help="clips that ask this type only, scored on it only: an interval per type for a rare one")
+    parser.add_argument("--one-segment", action="store_true",
+                        help=f"read every clip as one segment of {STEPS_PER_TRAINING_CLIP} frames spread over it, "
+                             "Base those same frames: what a training clip's frame count shows of a long clip")
+    parser.add_argument("--against", default=None, metavar="LABEL=JSON",
+                        help="also score V2L against the Base of an earlier sweep (its .json; paired per question on "
+                             "the clips both read), e.g. the Base of a --one-segment sweep")
     parser.add_argument("--compare", nargs="+", default=[], metavar="LABEL=JSON",
                         help="also draw the V2L line of earlier sweeps (their .json) on the plot")
     args = parser.parse_args(argv)
+    if args.one_segment and (args.segment_overlap or args.segment_layout != "contiguous" or args.compose):
+        parser.error("--one-segment reads one segment: --segment-overlap, --segment-layout and --compose do not apply")
     compare = {}
     for item in args.compare:
         label, _, source = item.partition("=")
         if not label or not Path(source).is_file():
             parser.error(f"--compare takes LABEL=JSON with an existing sweep record, got {item!r}")
         compare[label] = json.loads(Path(source).read_text())["results"]
+    if args.against is not None:
+        label, _, source = args.against.partition("=")
+        if not label or not Path(source).is_file():
+            parser.error(f"--against takes LABEL=JSON with an existing sweep record, got {args.against!r}")
+        args.against = (label, json.loads(Path(source).read_text())["results"])
     args.harder_clips = args.harder_clips or args.clips
     config = Path(args.model) / "config.json"
-    if args.compose is None and config.is_file():  # a Hub id leaves it to the model (`video2lora eval`'s default)
+    # A Hub id leaves it to the model (`video2lora eval`'s default); one segment composes nothing.
+    if args.compose is None and config.is_file() and not args.one_segment:
         args.compose = json.loads(config.read_text()).get("segment_composition", "concat")
     # Jobs split the machine's cores between them rather than each taking all of them.
     args.threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        chosen = [variant for variant in variants() if args.kinds is None or variant["name"] in args.kinds]
+        chosen = [variant for variant in variants(args.one_segment)
+                  if args.kinds is None or variant["name"] in args.kinds]
         results = list(pool.map(lambda variant: evaluate(variant, args), chosen))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": args.model, "clips_per_kind": args.clips, "clips_per_harder_scene": args.harder_clips,
               "seed_offset": args.seed_offset,
               "compose": args.compose, "segment_overlap": args.segment_overlap,
-              "segment_layout": args.segment_layout, "kinds": args.kinds, "question_type": args.question_type,
+              "segment_layout": args.segment_layout, "one_segment": args.one_segment, "kinds": args.kinds,
+              "question_type": args.question_type,
               "results": results}
     for result in results:  # folders under --out are the reader's own; keep the record free of machine paths
         result["output_dir"] = os.path.relpath(result["output_dir"], Path.cwd())
-    args.results.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     text = table(results)
+    if args.against is not None:
+        label, other = args.against
+        rows, against_table = against(results, other, label)
+        record["against"] = {"label": label, "results": rows}
+        text += "\n" + against_table
+    args.results.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     args.results.with_suffix(".md").write_text(text)
     reading = " ".join([args.segment_layout, "segments"] + ([f"overlapping by {args.segment_overlap}"]
                                                            if args.segment_overlap else []))
-    plot(results, args.results.with_suffix(".png"), reading, compare)
+    base_reading = "whole clip in context"
+    if args.one_segment:
+        reading = base_reading = f"{STEPS_PER_TRAINING_CLIP} frames over the whole clip"
+    plot(results, args.results.with_suffix(".png"), reading, compare, base_reading, args.against)
     print(text)
     return 0
 

@@ -119,6 +119,70 @@ def test_a_sweep_for_one_question_type_renders_clips_that_ask_it_and_scores_it_a
     assert record["question_type"] == "order" and set(record["results"][0]["scores"]) == {"all QA", "order"}
 
 
+def test_a_one_segment_sweep_reads_every_clip_as_one_training_length_segment_for_both_systems(tmp_path, monkeypatch):
+    sweep = _sweep_module()
+    commands = []
+
+    def run(command, threads=None):
+        commands.append(command)
+        if "eval" in command:
+            output = Path(command[command.index("--output_dir") + 1])
+            output.mkdir(parents=True)
+            metric = {"exact_match": {"means": {"blind": 0.2, "base": 0.8, "v2l": 0.8}, "delta": 0.0,
+                                      "ci_low": -0.1, "ci_high": 0.1, "equivalent": False}}
+            (output / "summary.json").write_text(json.dumps({"groups": {"qa": {"num_items": 10, "metrics": metric}}}))
+
+    monkeypatch.setattr(sweep, "run", run)
+    assert sweep.main(["--kinds", "8x", "--one-segment", "--out", str(tmp_path / "out"),
+                       "--results", str(tmp_path / "one")]) == 0
+    evaluate = commands[-1]
+    # One segment of a training clip's frames; Base is given those frames (segments x num_frames), nothing composed.
+    assert evaluate[evaluate.index("--segments") + 1] == "1"
+    assert evaluate[evaluate.index("--num_frames") + 1] == str(sweep.STEPS_PER_TRAINING_CLIP)
+    assert "--compose" not in evaluate and "--segment_layout" not in evaluate
+    assert f"| 8x | 40 | 32 | {sweep.STEPS_PER_TRAINING_CLIP} | 1 |" in (tmp_path / "one.md").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(["--one-segment", "--segment-layout", "interleaved", "--out", str(tmp_path / "refused")])
+    assert exit_info.value.code == 2 and not (tmp_path / "refused").exists()
+
+
+def test_against_pairs_this_sweeps_v2l_with_another_sweeps_base_question_by_question(tmp_path, monkeypatch):
+    sweep = _sweep_module()
+
+    def records(folder, answers):  # one record per question: system -> exact match
+        folder.mkdir(parents=True)
+        lines = [json.dumps({"id": f"q{i}", "task_type": "qa", "question_type": kind,
+                             "scores": {system: {"exact_match": value} for system, value in scores.items()}})
+                 for i, (kind, scores) in enumerate(answers)]
+        lines.append(json.dumps({"id": "c", "task_type": "caption", "question_type": None, "scores": {}}))
+        (folder / "records.jsonl").write_text("\n".join(lines) + "\n")
+
+    # Their Base is right on every count question and wrong on every order one; our V2L the other way round.
+    theirs = [("count", {"base": 1.0, "v2l": 0.0})] * 30 + [("order", {"base": 0.0, "v2l": 1.0})] * 10
+    ours = [("count", {"base": 0.0, "v2l": 0.0})] * 30 + [("order", {"base": 0.0, "v2l": 1.0})] * 10
+    records(tmp_path / "theirs", theirs)
+    other = {"results": [{"name": "8x", "length": 8, "output_dir": str(tmp_path / "theirs"),
+                          "scores": {"all QA": {"base": 0.75}}}]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+
+    def run(command, threads=None):
+        if "eval" in command:
+            output = Path(command[command.index("--output_dir") + 1])
+            records(output, ours)
+            metric = {"exact_match": {"means": {"blind": 0.2, "base": 0.0, "v2l": 0.25}, "delta": 0.25,
+                                      "ci_low": 0.1, "ci_high": 0.4, "equivalent": False}}
+            (output / "summary.json").write_text(json.dumps({"groups": {"qa": {"num_items": 40, "metrics": metric}}}))
+
+    monkeypatch.setattr(sweep, "run", run)
+    assert sweep.main(["--kinds", "8x", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "sweep"),
+                       "--compose", "latents", "--against", f"4 frames={tmp_path / 'other.json'}"]) == 0
+    scores = json.loads((tmp_path / "sweep.json").read_text())["against"]["results"][0]["scores"]
+    assert scores["count"]["base"] == 1.0 and scores["count"]["v2l"] == 0.0 and scores["count"]["delta"] == -1.0
+    assert scores["order"]["base"] == 0.0 and scores["order"]["v2l"] == 1.0 and scores["order"]["n"] == 10
+    assert scores["all QA"]["n"] == 40 and not scores["all QA"]["equivalent"]
+    assert "V2L against Base (4 frames)" in (tmp_path / "sweep.md").read_text()
+
+
 def test_the_sweep_refuses_an_unknown_kind_or_comparison_before_any_clip_is_rendered(tmp_path, capsys):
     sweep = _sweep_module()
     with pytest.raises(SystemExit) as exit_info:
@@ -128,6 +192,9 @@ def test_the_sweep_refuses_an_unknown_kind_or_comparison_before_any_clip_is_rend
     with pytest.raises(SystemExit) as exit_info:
         sweep.main(["--compare", f"contiguous={tmp_path / 'missing.json'}", "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "--compare takes LABEL=JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(["--against", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--against takes LABEL=JSON" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
