@@ -80,6 +80,27 @@ def _sweep_module():
     return module
 
 
+def _stub_runs(sweep, monkeypatch, groups=("qa",), records=None) -> list[list[str]]:
+    """Stands in for rendering and `video2lora eval`: keeps each command; an evaluation writes a summary of `groups`
+    (each scored 0.9 by both systems) and, when given, `records(output_dir)`. Returns the commands kept."""
+    commands = []
+
+    def run(command, threads=None):
+        commands.append(command)
+        if "eval" in command:
+            output = Path(command[command.index("--output_dir") + 1])
+            output.mkdir(parents=True)
+            metric = {"exact_match": {"means": {"blind": 0.2, "base": 0.9, "v2l": 0.9}, "delta": 0.0,
+                                      "ci_low": -0.1, "ci_high": 0.1, "equivalent": False}}
+            summary = {"groups": {group: {"num_items": 10, "metrics": metric} for group in groups}}
+            (output / "summary.json").write_text(json.dumps(summary))
+            if records is not None:
+                records(output)
+
+    monkeypatch.setattr(sweep, "run", run)
+    return commands
+
+
 def test_the_sweep_table_states_each_types_equivalence_and_clip_count():
     sweep = _sweep_module()
     score = {"n": 300, "blind": 0.2, "base": 0.98, "v2l": 0.97, "delta": -0.01, "ci": [-0.02, 0.0], "equivalent": True}
@@ -95,19 +116,7 @@ def test_the_sweep_table_states_each_types_equivalence_and_clip_count():
 
 def test_a_sweep_for_one_question_type_renders_clips_that_ask_it_and_scores_it_alone(tmp_path, monkeypatch):
     sweep = _sweep_module()
-    commands = []
-
-    def run(command, threads=None):  # stands in for rendering and `video2lora eval`: records, then writes a summary
-        commands.append(command)
-        if "eval" in command:
-            output = Path(command[command.index("--output_dir") + 1])
-            output.mkdir(parents=True)
-            metric = {"exact_match": {"means": {"blind": 0.2, "base": 0.9, "v2l": 0.9}, "delta": 0.0,
-                                      "ci_low": -0.1, "ci_high": 0.1, "equivalent": False}}
-            groups = {"qa": {"num_items": 10, "metrics": metric}, "qa/order": {"num_items": 10, "metrics": metric}}
-            (output / "summary.json").write_text(json.dumps({"groups": groups}))
-
-    monkeypatch.setattr(sweep, "run", run)
+    commands = _stub_runs(sweep, monkeypatch, groups=("qa", "qa/order"))
     assert sweep.main(["--kinds", "8 steps", "--question-type", "order", "--harder-clips", "300", "--out",
                        str(tmp_path / "out"), "--results", str(tmp_path / "order"), "--compose", "latents"]) == 0
     render, evaluate = commands
@@ -121,18 +130,7 @@ def test_a_sweep_for_one_question_type_renders_clips_that_ask_it_and_scores_it_a
 
 def test_a_one_segment_sweep_reads_every_clip_as_one_training_length_segment_for_both_systems(tmp_path, monkeypatch):
     sweep = _sweep_module()
-    commands = []
-
-    def run(command, threads=None):
-        commands.append(command)
-        if "eval" in command:
-            output = Path(command[command.index("--output_dir") + 1])
-            output.mkdir(parents=True)
-            metric = {"exact_match": {"means": {"blind": 0.2, "base": 0.8, "v2l": 0.8}, "delta": 0.0,
-                                      "ci_low": -0.1, "ci_high": 0.1, "equivalent": False}}
-            (output / "summary.json").write_text(json.dumps({"groups": {"qa": {"num_items": 10, "metrics": metric}}}))
-
-    monkeypatch.setattr(sweep, "run", run)
+    commands = _stub_runs(sweep, monkeypatch)
     assert sweep.main(["--kinds", "8x", "--one-segment", "--out", str(tmp_path / "out"),
                        "--results", str(tmp_path / "one")]) == 0
     evaluate = commands[-1]
@@ -150,7 +148,7 @@ def test_against_pairs_this_sweeps_v2l_with_another_sweeps_base_question_by_ques
     sweep = _sweep_module()
 
     def records(folder, answers):  # one record per question: system -> exact match
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps({"id": f"q{i}", "task_type": "qa", "question_type": kind,
                              "scores": {system: {"exact_match": value} for system, value in scores.items()}})
                  for i, (kind, scores) in enumerate(answers)]
@@ -165,15 +163,7 @@ def test_against_pairs_this_sweeps_v2l_with_another_sweeps_base_question_by_ques
                           "scores": {"all QA": {"base": 0.75}}}]}
     (tmp_path / "other.json").write_text(json.dumps(other))
 
-    def run(command, threads=None):
-        if "eval" in command:
-            output = Path(command[command.index("--output_dir") + 1])
-            records(output, ours)
-            metric = {"exact_match": {"means": {"blind": 0.2, "base": 0.0, "v2l": 0.25}, "delta": 0.25,
-                                      "ci_low": 0.1, "ci_high": 0.4, "equivalent": False}}
-            (output / "summary.json").write_text(json.dumps({"groups": {"qa": {"num_items": 40, "metrics": metric}}}))
-
-    monkeypatch.setattr(sweep, "run", run)
+    _stub_runs(sweep, monkeypatch, records=lambda output: records(output, ours))
     assert sweep.main(["--kinds", "8x", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "sweep"),
                        "--compose", "latents", "--against", f"4 frames={tmp_path / 'other.json'}"]) == 0
     scores = json.loads((tmp_path / "sweep.json").read_text())["against"]["results"][0]["scores"]
