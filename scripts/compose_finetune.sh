@@ -169,4 +169,18 @@ if [ "${INTERLEAVED:-0}" = 1 ] && [ "${COPIES:-1}" -gt 1 ]; then
   python scripts/long_video_sweep.py --model $OUT/$name --out runs/sweep --name $name \
     --segment-layout interleaved --results $OUT/$name/sweep --clips 40 --harder-clips 200 --jobs 2
 fi
+# Not shipped (README, "Long videos"): INTERLEAVED=1 RANK=R runs the INTERLEAVED stage (its mix, steps, lr and seed)
+# from OUT grown to rank R (scripts/grow_rank.py: the same adapters until it trains) into OUT/interleaved-rankR: does
+# a larger rank fit the long and harder clips better?
+if [ "${INTERLEAVED:-0}" = 1 ] && [ -n "${RANK:-}" ]; then
+  name=interleaved-rank$RANK
+  [ -d "$OUT/rank$RANK" ] || python scripts/grow_rank.py "$OUT" "$OUT/rank$RANK" --rank "$RANK"
+  train "$OUT/$name" "$OUT/rank$RANK" train_long_interleaved_mix.jsonl 1200 1e-4 order=4,count=3,direction=3,colour_change=3 23 \
+    --decode_in_workers true --dataloader_num_workers 1
+  evaluate --manifest "$DATA/test.jsonl" --model $OUT/$name --output_dir $OUT/$name/eval
+  evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
+    --num_frames 4 --model $OUT/$name --output_dir $OUT/$name/eval-compose-2
+  python scripts/long_video_sweep.py --model $OUT/$name --out runs/sweep --name $name \
+    --segment-layout interleaved --results $OUT/$name/sweep --clips 40 --harder-clips 200 --jobs 2
+fi
 echo "done $(date)"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,6 +131,35 @@ def test_context_positions_grow_a_saved_checkpoint_as_a_no_op(make_model, proces
     inputs = context(processor, 2)
     torch.testing.assert_close(grown.generate_adapter(**inputs).lora_B["mlp.down_proj"],
                                model.generate_adapter(**inputs).lora_B["mlp.down_proj"])
+
+
+def test_growing_the_rank_of_a_saved_checkpoint_keeps_every_adapter_and_then_trains(make_model, processor, tmp_path,
+                                                                                     capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "grow_rank.py"
+    spec = importlib.util.spec_from_file_location("grow_rank", path)
+    grow_rank = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grow_rank)
+    model = make_model()
+    perturb_(model)
+    model.save_pretrained(tmp_path / "small")
+    assert grow_rank.main([str(tmp_path / "small"), str(tmp_path / "grown"), "--rank", str(2 * model.config.lora_r)]) == 0
+    grown = Video2LoRAModel.from_pretrained(tmp_path / "grown").eval()
+    assert grown.config.lora_r == 2 * model.config.lora_r and grown.config.lora_scale == model.config.lora_scale
+    inputs = context(processor, 2)
+    old, new = model.generate_adapter(**inputs), grown.generate_adapter(**inputs)
+    assert new.rank == 2 * old.rank
+    update = {name: adapter.lora_B["mlp.down_proj"] @ adapter.lora_A["mlp.down_proj"] for name, adapter in
+              (("old", old), ("new", new))}
+    torch.testing.assert_close(update["new"], update["old"])
+    # The new directions are silent, not dead: a loss on the update reaches their B scales.
+    grown.generate_adapter(**inputs).lora_B["mlp.down_proj"].sum().backward()
+    assert grown.hypernetwork.heads[0].b_scale.grad[:, model.config.lora_r:].abs().sum() > 0
+    with pytest.raises(SystemExit) as exit_info:
+        grow_rank.main([str(tmp_path / "small"), str(tmp_path / "smaller"), "--rank", str(model.config.lora_r)])
+    assert exit_info.value.code == 2 and "larger than" in capsys.readouterr().err
+    assert not (tmp_path / "smaller").exists()
 
 
 def test_shared_context_keys_and_values(make_model, processor):

@@ -1,0 +1,85 @@
+"""Give a trained hypernetwork a larger LoRA rank without changing a single adapter it emits, so that training can go
+on with the extra capacity (README, "Long videos").
+
+Each new rank direction gets a new output query (drawn like the first ones) and, with the bias block, a new row of
+the video-independent block; their B columns start at zero (`b_scale` 0, `bias_b` 0), so every adapter the grown
+model emits equals the old one's until it trains. `lora_scale` is carried over as it was, not recomputed from the new
+rank. The folder's other files are copied, its subfolders are not.
+
+    python scripts/grow_rank.py video2lora/checkpoints/video2lora-world runs/rank16 --rank 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from video2lora.checks import positive_int
+
+
+def grow(weights: dict[str, torch.Tensor], old_rank: int, new_rank: int, num_modules: int, std: float,
+         generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The hypernetwork's `weights` with rank `new_rank` instead of `old_rank`, emitting the same adapters."""
+    extra = new_rank - old_rank
+    grown = dict(weights)
+    queries = weights["hypernetwork.output_queries"]  # [M * r, d], module-major
+    dim = queries.shape[-1]
+    new = torch.randn(num_modules, extra, dim, generator=generator, dtype=queries.dtype) * std
+    grown["hypernetwork.output_queries"] = torch.cat([queries.view(num_modules, old_rank, dim), new], 1).flatten(0, 1)
+    for name, tensor in weights.items():
+        if not name.startswith("hypernetwork.heads."):
+            continue
+        if name.endswith(".a_scale"):  # [L, r]
+            grown[name] = torch.cat([tensor, torch.ones(tensor.shape[0], extra, dtype=tensor.dtype)], 1)
+        elif name.endswith(".b_scale"):  # [L, r]: new directions are silent until trained
+            grown[name] = torch.cat([tensor, torch.zeros(tensor.shape[0], extra, dtype=tensor.dtype)], 1)
+        elif name.endswith(".bias_a"):  # [L, r, in]
+            rows = torch.randn(tensor.shape[0], extra, tensor.shape[2], generator=generator, dtype=tensor.dtype)
+            grown[name] = torch.cat([tensor, rows * tensor.shape[2] ** -0.5], 1)
+        elif name.endswith(".bias_b"):  # [L, out, r]
+            grown[name] = torch.cat([tensor, torch.zeros(*tensor.shape[:2], extra, dtype=tensor.dtype)], 2)
+    return grown
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path, help="a hypernetwork checkpoint folder")
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--rank", type=positive_int, required=True, help="the new rank, larger than the old")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not (args.model / "config.json").is_file() or not (args.model / "model.safetensors").is_file():
+        parser.error(f"{args.model} is not a hypernetwork checkpoint (config.json and model.safetensors)")
+    config = json.loads((args.model / "config.json").read_text())
+    if args.rank <= config["lora_r"]:
+        parser.error(f"--rank must be larger than the checkpoint's rank {config['lora_r']}, got {args.rank}")
+    if args.output.exists():
+        parser.error(f"{args.output} exists: choose a new folder")
+    weights = grow(load_file(args.model / "model.safetensors"), config["lora_r"], args.rank,
+                   len(config["target_modules"]), config["initializer_range"],
+                   torch.Generator().manual_seed(args.seed))
+    staging = args.output.with_name(f".{args.output.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for path in args.model.iterdir():  # the checkpoint's own files, not the runs or evaluations kept beside them
+        if path.is_file() and not path.is_symlink():
+            shutil.copy2(path, staging / path.name)
+    old_rank = config["lora_r"]
+    config["lora_scale"] = config.get("lora_scale") or 2.0 * old_rank**1.5  # the old rank's, kept
+    config["lora_r"] = args.rank
+    (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
+    (staging / "model.safetensors").chmod(0o644)
+    staging.rename(args.output)
+    print(f"wrote {args.output}: rank {args.rank} (was {old_rank}), the same adapters until it trains")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
