@@ -12,7 +12,7 @@
 #
 #   INIT=path/to/hypernetwork bash scripts/compose_finetune.sh   # -> runs/compose/ and its eval folders (OUT=...)
 #
-# The variants below (STAGE4, OVERLAP, LONG, INTERLEAVED) continue OUT. FROM=checkpoint starts OUT as a copy of a
+# The variants below (STAGE4, OVERLAP, LONG, INTERLEAVED and its COPIES and RANK) continue OUT. FROM=checkpoint starts OUT as a copy of a
 # finished one and skips the three stages, e.g. the shipped model's variant without its 67 minutes of stages:
 #
 #   FROM=video2lora/checkpoints/video2lora-world INTERLEAVED=1 bash scripts/compose_finetune.sh
@@ -67,6 +67,14 @@ train() {  # OUTPUT INIT MANIFEST STEPS LR WEIGHTS SEED [flags]
 evaluate() {  # video2lora eval ARGS..., skipped when its --output_dir holds a finished evaluation
   local out; out=$(printf '%s\n' "$@" | grep -A1 -x -- --output_dir | tail -1)
   [ -f "$out/summary.json" ] || python -m video2lora.cli eval "$@"
+}
+assess() {  # NAME RESULTS [SWEEP FLAGS...]: OUT/NAME on single clips, on the two-segment clips and on the sweep
+  local name=$1 results=$2; shift 2
+  evaluate --manifest "$DATA/test.jsonl" --model "$OUT/$name" --output_dir "$OUT/$name/eval"
+  evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
+    --num_frames 4 --model "$OUT/$name" --output_dir "$OUT/$name/eval-compose-2"
+  python scripts/long_video_sweep.py --model "$OUT/$name" --out runs/sweep --name "$name" --results "$results" \
+    --clips 40 --harder-clips 200 --jobs 2 "$@"
 }
 if [ -n "${FROM:-}" ]; then  # the variants below from a finished checkpoint, without its three stages
   [ -f "$OUT/model.safetensors" ] || find "$FROM" -maxdepth 1 -type f -exec cp {} "$OUT"/ \;
@@ -126,11 +134,7 @@ if [ "${LONG:-0}" = 1 ]; then
     python scripts/composition_rows.py --id-suffix="-copy$copy" "$DATA/train_two_segment_teacher.jsonl" >> "$DATA/$mix"
   done
   train "$OUT/$name" "$OUT" "$mix" 1200 1e-4 order=4,count=3,direction=3,colour_change=3 23
-  evaluate --manifest "$DATA/test.jsonl" --model $OUT/$name --output_dir $OUT/$name/eval
-  evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-    --num_frames 4 --model $OUT/$name --output_dir $OUT/$name/eval-compose-2
-  python scripts/long_video_sweep.py --model $OUT/$name --out runs/sweep --name $name --results $results \
-    --clips 40 --harder-clips 200 --jobs 2
+  assess "$name" "$results"
 fi
 # INTERLEAVED=1 continues OUT as LONG=1 does, its long clips read as interleaved segments (`segment_layout:
 # interleaved`: each of a clip's K segments is every K-th of its 4K frames, so each covers the whole clip), the
@@ -146,11 +150,7 @@ if [ "${INTERLEAVED:-0}" = 1 ]; then
   cat "$DATA/train_harder_mix.jsonl" >> "$DATA/$mix"
   train "$OUT/interleaved" "$OUT" "$mix" 1200 1e-4 order=4,count=3,direction=3,colour_change=3 23 \
     --decode_in_workers true --dataloader_num_workers 1
-  evaluate --manifest "$DATA/test.jsonl" --model $OUT/interleaved --output_dir $OUT/interleaved/eval
-  evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-    --num_frames 4 --model $OUT/interleaved --output_dir $OUT/interleaved/eval-compose-2
-  python scripts/long_video_sweep.py --model $OUT/interleaved --out runs/sweep --name interleaved \
-    --segment-layout interleaved --results $OUT/interleaved/sweep --clips 40 --harder-clips 200 --jobs 2
+  assess interleaved docs/long_video_sweep_interleaved_trained --segment-layout interleaved
 fi
 # Not shipped (README, "Long videos"): INTERLEAVED=1 COPIES=N continues OUT/interleaved 1,200 more steps on its mix with
 # the long clips' interleaved rows N times (OUT/interleaved-copiesN): do they still underfit when seen more often?
@@ -163,11 +163,7 @@ if [ "${INTERLEAVED:-0}" = 1 ] && [ "${COPIES:-1}" -gt 1 ]; then
   done
   train "$OUT/$name" "$OUT/interleaved" "$mix" 1200 1e-4 order=4,count=3,direction=3,colour_change=3 31 \
     --decode_in_workers true --dataloader_num_workers 1
-  evaluate --manifest "$DATA/test.jsonl" --model $OUT/$name --output_dir $OUT/$name/eval
-  evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-    --num_frames 4 --model $OUT/$name --output_dir $OUT/$name/eval-compose-2
-  python scripts/long_video_sweep.py --model $OUT/$name --out runs/sweep --name $name \
-    --segment-layout interleaved --results $OUT/$name/sweep --clips 40 --harder-clips 200 --jobs 2
+  assess "$name" "docs/long_video_sweep_${name//-/_}" --segment-layout interleaved
 fi
 # Not shipped (README, "Long videos"): INTERLEAVED=1 RANK=R runs the INTERLEAVED stage (its mix, steps, lr and seed)
 # from OUT grown to rank R (scripts/grow_rank.py: the same adapters until it trains) into OUT/interleaved-rankR: does
@@ -175,12 +171,9 @@ fi
 if [ "${INTERLEAVED:-0}" = 1 ] && [ -n "${RANK:-}" ]; then
   name=interleaved-rank$RANK
   [ -d "$OUT/rank$RANK" ] || python scripts/grow_rank.py "$OUT" "$OUT/rank$RANK" --rank "$RANK"
-  train "$OUT/$name" "$OUT/rank$RANK" train_long_interleaved_mix.jsonl 1200 1e-4 order=4,count=3,direction=3,colour_change=3 23 \
+  train "$OUT/$name" "$OUT/rank$RANK" train_long_interleaved_mix.jsonl 1200 1e-4 \
+    order=4,count=3,direction=3,colour_change=3 23 \
     --decode_in_workers true --dataloader_num_workers 1
-  evaluate --manifest "$DATA/test.jsonl" --model $OUT/$name --output_dir $OUT/$name/eval
-  evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-    --num_frames 4 --model $OUT/$name --output_dir $OUT/$name/eval-compose-2
-  python scripts/long_video_sweep.py --model $OUT/$name --out runs/sweep --name $name \
-    --segment-layout interleaved --results $OUT/$name/sweep --clips 40 --harder-clips 200 --jobs 2
+  assess "$name" "docs/long_video_sweep_${name//-/_}" --segment-layout interleaved
 fi
 echo "done $(date)"
