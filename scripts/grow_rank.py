@@ -12,7 +12,6 @@ rank. The folder's other files are copied, its subfolders are not.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from configuration_video2lora import Video2LoRAConfig
 from video2lora.checks import positive_int
 
 
@@ -56,24 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.model / "config.json").is_file() or not (args.model / "model.safetensors").is_file():
         parser.error(f"{args.model} is not a hypernetwork checkpoint (config.json and model.safetensors)")
-    config = json.loads((args.model / "config.json").read_text())
-    if args.rank <= config["lora_r"]:
-        parser.error(f"--rank must be larger than the checkpoint's rank {config['lora_r']}, got {args.rank}")
+    config = Video2LoRAConfig.from_pretrained(args.model)  # its lora_scale resolved for its own rank
+    old_rank = config.lora_r
+    if args.rank <= old_rank:
+        parser.error(f"--rank must be larger than the checkpoint's rank {old_rank}, got {args.rank}")
     if args.output.exists():
         parser.error(f"{args.output} exists: choose a new folder")
-    weights = grow(load_file(args.model / "model.safetensors"), config["lora_r"], args.rank,
-                   len(config["target_modules"]), config["initializer_range"],
-                   torch.Generator().manual_seed(args.seed))
+    weights = grow(load_file(args.model / "model.safetensors"), old_rank, args.rank, len(config.target_modules),
+                   config.initializer_range, torch.Generator().manual_seed(args.seed))
     staging = args.output.with_name(f".{args.output.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for path in args.model.iterdir():  # the checkpoint's own files, not the runs or evaluations kept beside them
         if path.is_file() and not path.is_symlink():
             shutil.copy2(path, staging / path.name)
-    old_rank = config["lora_r"]
-    config["lora_scale"] = config.get("lora_scale") or 2.0 * old_rank**1.5  # the old rank's, kept
-    config["lora_r"] = args.rank
-    (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    config.lora_r = args.rank  # lora_scale stays the old rank's, so the old directions keep their scale
+    config.save_pretrained(staging)
     save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
     (staging / "model.safetensors").chmod(0o644)
     staging.rename(args.output)
