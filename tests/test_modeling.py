@@ -133,33 +133,62 @@ def test_context_positions_grow_a_saved_checkpoint_as_a_no_op(make_model, proces
                                model.generate_adapter(**inputs).lora_B["mlp.down_proj"])
 
 
-def test_growing_the_rank_of_a_saved_checkpoint_keeps_every_adapter_and_then_trains(make_model, processor, tmp_path,
-                                                                                     capsys):
+def _grow_hypernetwork():
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "grow_rank.py"
-    spec = importlib.util.spec_from_file_location("grow_rank", path)
-    grow_rank = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grow_rank)
+    path = Path(__file__).resolve().parent.parent / "scripts" / "grow_hypernetwork.py"
+    spec = importlib.util.spec_from_file_location("grow_hypernetwork", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _update(adapter):  # the weight update B A of every layer: what an adapter does, whatever its rank
+    return adapter.lora_B["mlp.down_proj"] @ adapter.lora_A["mlp.down_proj"]
+
+
+def test_growing_the_rank_of_a_saved_checkpoint_keeps_every_adapter_and_then_trains(make_model, processor, tmp_path,
+                                                                                     capsys):
+    grow = _grow_hypernetwork()
     model = make_model()
     perturb_(model)
     model.save_pretrained(tmp_path / "small")
-    assert grow_rank.main([str(tmp_path / "small"), str(tmp_path / "grown"), "--rank", str(2 * model.config.lora_r)]) == 0
+    assert grow.main([str(tmp_path / "small"), str(tmp_path / "grown"), "--rank", str(2 * model.config.lora_r)]) == 0
     grown = Video2LoRAModel.from_pretrained(tmp_path / "grown").eval()
     assert grown.config.lora_r == 2 * model.config.lora_r and grown.config.lora_scale == model.config.lora_scale
     inputs = context(processor, 2)
     old, new = model.generate_adapter(**inputs), grown.generate_adapter(**inputs)
     assert new.rank == 2 * old.rank
-    update = {name: adapter.lora_B["mlp.down_proj"] @ adapter.lora_A["mlp.down_proj"] for name, adapter in
-              (("old", old), ("new", new))}
-    torch.testing.assert_close(update["new"], update["old"])
+    torch.testing.assert_close(_update(new), _update(old))
     # The new directions are silent, not dead: a loss on the update reaches their B scales.
     grown.generate_adapter(**inputs).lora_B["mlp.down_proj"].sum().backward()
     assert grown.hypernetwork.heads[0].b_scale.grad[:, model.config.lora_r:].abs().sum() > 0
     with pytest.raises(SystemExit) as exit_info:
-        grow_rank.main([str(tmp_path / "small"), str(tmp_path / "smaller"), "--rank", str(model.config.lora_r)])
+        grow.main([str(tmp_path / "small"), str(tmp_path / "smaller"), "--rank", str(model.config.lora_r)])
     assert exit_info.value.code == 2 and "larger than" in capsys.readouterr().err
     assert not (tmp_path / "smaller").exists()
+
+
+def test_copied_latents_keep_every_adapter_exactly_and_noise_moves_it_slightly(make_model, processor, tmp_path, capsys):
+    grow = _grow_hypernetwork()
+    model = make_model()
+    perturb_(model)
+    model.save_pretrained(tmp_path / "small")
+    latents = model.config.num_latents
+    inputs = context(processor, 2)
+    old = _update(model.generate_adapter(**inputs))
+    for noise in ("0", "1e-3"):
+        grow.main([str(tmp_path / "small"), str(tmp_path / noise), "--latents", str(2 * latents), "--noise", noise])
+        grown = Video2LoRAModel.from_pretrained(tmp_path / noise).eval()
+        assert grown.config.num_latents == 2 * latents
+        new = _update(grown.generate_adapter(**inputs))
+        if noise == "0":
+            torch.testing.assert_close(new, old)
+        else:  # near, and not equal: the copies differ, so training can part them
+            assert 0 < (new - old).abs().max() < 1e-2 * old.abs().max()
+    with pytest.raises(SystemExit) as exit_info:
+        grow.main([str(tmp_path / "small"), str(tmp_path / "odd"), "--latents", str(latents + 1)])
+    assert exit_info.value.code == 2 and "multiple" in capsys.readouterr().err
 
 
 def test_shared_context_keys_and_values(make_model, processor):
