@@ -75,3 +75,17 @@ def perturb_(model: Video2LoRAModel, seed: int = 1, std: float = 0.05) -> None:
     with torch.no_grad():
         for parameter in model.hypernetwork.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * std)
+
+
+def load_script(name: str):
+    """`scripts/<name>.py` as a module (the scripts are not a package), registered under `name`."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,6 @@
 """A long video end to end on the embedded default: a 1,024-frame world clip, internalized segment by segment, answers
 about both its first and its last segment with one composed adapter; and the sweep's tables."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 from modeling_video2lora import Video2LoRAModel
+from tests.conftest import load_script
 from video2lora.world import write_world
 
 CHECKPOINT = Path(__file__).resolve().parent.parent / "video2lora" / "checkpoints" / "video2lora-world"
@@ -73,11 +73,7 @@ def test_a_1024_frame_video_answers_about_its_first_and_last_segment(long_clips)
 
 
 def _sweep_module():
-    path = Path(__file__).resolve().parent.parent / "scripts" / "long_video_sweep.py"
-    spec = importlib.util.spec_from_file_location("long_video_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("long_video_sweep")
 
 
 def _stub_runs(sweep, monkeypatch, groups=("qa",), records=None) -> list[list[str]]:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 from configuration_video2lora import Video2LoRAConfig
 from modeling_video2lora import AdapterMismatchError, Video2LoRAAdapter, Video2LoRAModel
 from perceiver_video2lora import CrossAttention
-from tests.conftest import TINY_HYPERNETWORK, make_frames, perturb_
+from tests.conftest import TINY_HYPERNETWORK, load_script, make_frames, perturb_
 
 INSTRUCTION = "Internalize this video for later captioning."
 
@@ -134,13 +133,7 @@ def test_context_positions_grow_a_saved_checkpoint_as_a_no_op(make_model, proces
 
 
 def _grow_hypernetwork():
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "grow_hypernetwork.py"
-    spec = importlib.util.spec_from_file_location("grow_hypernetwork", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("grow_hypernetwork")
 
 
 def _update(adapter):  # the weight update B A of every layer: what an adapter does, whatever its rank

@@ -7,7 +7,6 @@ anything, and can be skipped anyway with `VIDEO2LORA_SKIP_VLLM=1`.
 """
 
 import concurrent.futures
-import importlib.util
 import json
 import os
 import queue
@@ -25,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_video2lora import Video2LoRAAdapter
-from tests.conftest import make_frames, perturb_
+from tests.conftest import load_script, make_frames, perturb_
 from video2lora import cli, serving
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,11 +32,7 @@ SCRIPT = REPO / "scripts" / "vllm_check.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("vllm_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("vllm_check", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("vllm_check")
 
 
 vllm_check = _load_script()
