@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     staging = args.output.with_name(f".{args.output.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    written = {"config.json", "model.safetensors"}  # written below, grown
     for path in args.model.iterdir():  # the checkpoint's own files, not the runs or evaluations kept beside them
-        if path.is_file() and not path.is_symlink():
+        if path.is_file() and not path.is_symlink() and path.name not in written:
             shutil.copy2(path, staging / path.name)
     config.save_pretrained(staging)
     save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})

@@ -126,11 +126,13 @@ def _exact_matches(output_dir: str, system: str) -> dict[str, tuple[str, float]]
 def against(results: list[dict], other: list[dict], label: str) -> tuple[list[dict], str]:
     """V2L of these results against the Base of another sweep's (`other`), question by question on the clips both
     read (the same seeds): a paired bootstrap per kind, on all QA and per type. Returns the rows and their table."""
-    from video2lora.evaluation import paired_bootstrap
+    from video2lora.evaluation import DEFAULT_MARGINS, paired_bootstrap
+
+    margin = DEFAULT_MARGINS["exact_match"]
 
     theirs = {result["name"]: result for result in other}
     rows, lines = [], [f"V2L against Base ({label}), paired on the same questions (Base / V2L, n, Δ [95% CI], "
-                       "equivalent within ±0.05):", "", "| clips | " + " | ".join(("all QA",) + QUESTION_TYPES) + " |",
+                       f"equivalent within ±{margin}):", "", "| clips | " + " | ".join(("all QA",) + QUESTION_TYPES) + " |",
                        "|---|" + "---|" * (len(QUESTION_TYPES) + 1)]
     for result in results:
         if result["name"] not in theirs:
@@ -148,7 +150,7 @@ def against(results: list[dict], other: list[dict], label: str) -> tuple[list[di
             boot = paired_bootstrap(v2l, reference)
             row["scores"][kind] = {"n": len(ids), "base": sum(reference) / len(ids), "v2l": sum(v2l) / len(ids),
                                    "delta": boot.delta, "ci": [boot.ci_low, boot.ci_high],
-                                   "equivalent": boot.equivalent(0.05)}
+                                   "equivalent": boot.equivalent(margin)}
             score = row["scores"][kind]
             cells.append(f"{score['base']:.3f} / {score['v2l']:.3f} ({len(ids)}, {boot.delta:+.3f} "
                          f"[{boot.ci_low:+.3f}, {boot.ci_high:+.3f}], {'yes' if score['equivalent'] else 'no'})")
@@ -197,6 +199,14 @@ def plot(results: list[dict], path: Path, reading: str = "segments composed",
     figure.savefig(path, dpi=120)
 
 
+def _sweep_record(parser: argparse.ArgumentParser, item: str, flag: str) -> tuple[str, list[dict]]:
+    """`LABEL=JSON` -> (label, that sweep record's results); a usage error (exit 2) when it is not one."""
+    label, _, source = item.partition("=")
+    if not label or not Path(source).is_file():
+        parser.error(f"{flag} takes LABEL=JSON with an existing sweep record, got {item!r}")
+    return label, json.loads(Path(source).read_text())["results"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="video2lora/checkpoints/video2lora-world")
@@ -232,17 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.one_segment and (args.segment_overlap or args.segment_layout != "contiguous" or args.compose):
         parser.error("--one-segment reads one segment: --segment-overlap, --segment-layout and --compose do not apply")
-    compare = {}
-    for item in args.compare:
-        label, _, source = item.partition("=")
-        if not label or not Path(source).is_file():
-            parser.error(f"--compare takes LABEL=JSON with an existing sweep record, got {item!r}")
-        compare[label] = json.loads(Path(source).read_text())["results"]
+    compare = dict(_sweep_record(parser, item, "--compare") for item in args.compare)
     if args.against is not None:
-        label, _, source = args.against.partition("=")
-        if not label or not Path(source).is_file():
-            parser.error(f"--against takes LABEL=JSON with an existing sweep record, got {args.against!r}")
-        args.against = (label, json.loads(Path(source).read_text())["results"])
+        args.against = _sweep_record(parser, args.against, "--against")
     args.harder_clips = args.harder_clips or args.clips
     config = Path(args.model) / "config.json"
     # A Hub id leaves it to the model (`video2lora eval`'s default); one segment composes nothing.

@@ -1315,22 +1315,25 @@ def _same_base(theirs: str, ours: str) -> bool:
 def _replace_directory(new: Path, target: Path) -> None:
     """Move the finished folder `new` to `target`. Renames are atomic, so a reader sees the old folder or the new one,
     never a mix; a folder already at `target` is moved aside first (POSIX cannot rename over a non-empty one)."""
+    taken = (errno.ENOTEMPTY, errno.EEXIST)
+    try:
+        os.rename(new, target)
+        return
+    except OSError as error:
+        if error.errno not in taken:
+            raise
     aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
     try:
-        for attempt in range(2):
-            try:
-                os.rename(new, target)
-                return
-            except OSError as error:
-                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-            if attempt > 0:  # another writer put its complete folder there after ours moved one aside: it stays
-                shutil.rmtree(new, ignore_errors=True)
-                return
-            try:
-                os.rename(target, aside / target.name)
-            except FileNotFoundError:  # another writer moved it aside between our two renames: try again
-                continue
+        try:
+            os.rename(target, aside / target.name)
+        except FileNotFoundError:  # another writer moved it aside between our two renames
+            pass
+        try:
+            os.rename(new, target)
+        except OSError as error:
+            if error.errno not in taken:
+                raise
+            shutil.rmtree(new, ignore_errors=True)  # another writer's complete folder got there first: it stays
     finally:
         shutil.rmtree(aside, ignore_errors=True)
 
