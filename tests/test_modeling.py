@@ -184,6 +184,30 @@ def test_copied_latents_keep_every_adapter_exactly_and_noise_moves_it_slightly(m
     assert exit_info.value.code == 2 and "multiple" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("share_context_kv", [False, True])
+def test_added_encoder_blocks_keep_every_adapter_exactly_and_then_train(make_model, processor, tmp_path, capsys,
+                                                                        share_context_kv):
+    grow = _grow_hypernetwork()
+    model = make_model(share_context_kv=share_context_kv)
+    perturb_(model)
+    model.save_pretrained(tmp_path / "small")
+    blocks = model.config.num_blocks
+    assert grow.main([str(tmp_path / "small"), str(tmp_path / "deep"), "--blocks", str(blocks + 2)]) == 0
+    deep = Video2LoRAModel.from_pretrained(tmp_path / "deep").eval()
+    assert deep.config.num_blocks == len(deep.hypernetwork.encoder) == blocks + 2
+    inputs = context(processor, 2)
+    torch.testing.assert_close(_update(deep.generate_adapter(**inputs)), _update(model.generate_adapter(**inputs)))
+    # Silent, not dead: a loss on the adapter reaches the new blocks' output projections.
+    _update(deep.generate_adapter(**inputs)).square().sum().backward()
+    for block in deep.hypernetwork.encoder[blocks:]:
+        assert block.attention.to_out.weight.grad.abs().sum() > 0
+        assert block.feed_forward[1].down.weight.grad.abs().sum() > 0
+    with pytest.raises(SystemExit) as exit_info:
+        grow.main([str(tmp_path / "small"), str(tmp_path / "same"), "--blocks", str(blocks)])
+    assert exit_info.value.code == 2 and "larger than" in capsys.readouterr().err
+    assert not (tmp_path / "same").exists()
+
+
 def test_shared_context_keys_and_values(make_model, processor):
     separate, shared = make_model(num_blocks=3), make_model(num_blocks=3, share_context_kv=True)
     dim = shared.config.latent_size
