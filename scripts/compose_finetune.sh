@@ -12,9 +12,9 @@
 #
 #   INIT=path/to/hypernetwork bash scripts/compose_finetune.sh   # -> runs/compose/ and its eval folders (OUT=...)
 #
-# The variants below (STAGE4, OVERLAP, LONG, INTERLEAVED and its COPIES, RANK, LATENTS and BLOCKS) continue OUT.
-# FROM=checkpoint starts OUT as a copy of a finished one and skips the three stages, e.g. the shipped model's variant
-# without its 67 minutes of stages:
+# The variants below (STAGE4, OVERLAP, LONG, INTERLEAVED and its COPIES, RANK, LATENTS, BLOCKS and MODULES)
+# continue OUT. FROM=checkpoint starts OUT as a copy of a finished one and skips the three stages, e.g. the shipped
+# model's variant without its 67 minutes of stages:
 #
 #   FROM=video2lora/checkpoints/video2lora-world INTERLEAVED=1 bash scripts/compose_finetune.sh
 set -euo pipefail
@@ -166,15 +166,19 @@ if [ "${INTERLEAVED:-0}" = 1 ] && [ "${COPIES:-1}" -gt 1 ]; then
     --decode_in_workers true --dataloader_num_workers 1
   assess "$name" "docs/long_video_sweep_${name//-/_}" --segment-layout interleaved
 fi
-# Not shipped (README, "Long videos"): INTERLEAVED=1 with RANK=R, LATENTS=N and/or BLOCKS=K runs the INTERLEAVED
-# stage (its mix, steps, lr and seed) from OUT grown to rank R, N latents and/or K encoder blocks
-# (scripts/grow_hypernetwork.py: the same adapters, or nearly, until it trains) into OUT/interleaved-rankR-latentsN-
-# blocksK: does more capacity fit the long and harder clips?
-if [ "${INTERLEAVED:-0}" = 1 ] && [ -n "${RANK:-}${LATENTS:-}${BLOCKS:-}" ]; then
+# Not shipped (README, "Long videos"): INTERLEAVED=1 with RANK=R, LATENTS=N, BLOCKS=K and/or MODULES="NAME ..." runs
+# the INTERLEAVED stage (its mix, steps, lr and seed) from OUT grown to rank R, N latents, K encoder blocks and/or
+# more target modules (scripts/grow_hypernetwork.py: the same adapters, or nearly, until it trains) into
+# OUT/interleaved-rankR-latentsN-blocksK-<modules>: does more capacity fit the long and harder clips?
+if [ "${INTERLEAVED:-0}" = 1 ] && [ -n "${RANK:-}${LATENTS:-}${BLOCKS:-}${MODULES:-}" ]; then
   grow=(); grown=
   [ -z "${RANK:-}" ] || { grow+=(--rank "$RANK"); grown+=-rank$RANK; }
   [ -z "${LATENTS:-}" ] || { grow+=(--latents "$LATENTS"); grown+=-latents$LATENTS; }
   [ -z "${BLOCKS:-}" ] || { grow+=(--blocks "$BLOCKS"); grown+=-blocks$BLOCKS; }
+  if [ -n "${MODULES:-}" ]; then
+    read -ra modules <<< "$MODULES"; grow+=(--modules "${modules[@]}")
+    for module in "${modules[@]}"; do grown+=-${module##*.}; done
+  fi
   grown=${grown#-}; name=interleaved-$grown
   [ -d "$OUT/$grown" ] || python scripts/grow_hypernetwork.py "$OUT" "$OUT/$grown" "${grow[@]}"
   train "$OUT/$name" "$OUT/$grown" train_long_interleaved_mix.jsonl 1200 1e-4 \

@@ -1,5 +1,6 @@
 """Give a trained hypernetwork more capacity without changing what it emits, so that training can go on with it
-(README, "Long videos"): a larger LoRA rank, more perceiver latents, a deeper encoder, or any of them together.
+(README, "Long videos"): a larger LoRA rank, more perceiver latents, a deeper encoder, more target modules, or any of
+them together.
 
 - `--rank R`: each new rank direction gets a new output query (drawn like the first ones) and, with the bias block, a
   new row of the video-independent block; their B columns start at zero (`b_scale` 0, `bias_b` 0), so every adapter
@@ -13,6 +14,9 @@
   projections of its attention and its MLP at zero. Both are residual, so a new block passes the latents through
   unchanged and the adapters are the old ones exactly; its output projections have gradients from the start, and
   the copied projections give the block the last one's reading of the context to start from.
+- `--modules NAME ...`: the adapters also reach these modules of every decoder layer (e.g. `self_attn.o_proj`), each
+  through new output queries and a new head, initialized as a fresh model's are: B starts at zero, so the new modules'
+  updates are zero and every adapter is the old one exactly until it trains.
 
 The folder's other files are copied, its subfolders are not.
 
@@ -87,6 +91,35 @@ def grow_blocks(weights: dict[str, torch.Tensor], old_blocks: int, new_blocks: i
     return grown
 
 
+def grow_modules(weights: dict[str, torch.Tensor], config: Video2LoRAConfig, old_count: int,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The hypernetwork's `weights`, made for the first `old_count` of `config.target_modules`, with a silent head and
+    `r` output queries more for each of the others."""
+    rank, layers = config.lora_r, config.text_config.num_hidden_layers
+    new_modules = config.target_modules[old_count:]
+    grown = dict(weights)
+    queries = weights["hypernetwork.output_queries"]  # [M * r, d], module-major: the new modules' queries go last
+    dim, dtype = queries.shape[-1], queries.dtype
+    new_queries = torch.randn(len(new_modules) * rank, dim, generator=generator, dtype=dtype) * config.initializer_range
+    grown["hypernetwork.output_queries"] = torch.cat([queries, new_queries])
+    per_layer = (layers,) if config.head_type == "per_layer" else ()
+    dims = config.target_module_dims()
+    for index, name in enumerate(new_modules, start=old_count):
+        in_features, out_features = dims[name]
+        head = f"hypernetwork.heads.{index}."
+        # As `Video2LoRAPreTrainedModel._init_weights` starts a head: the features it reads are unit vectors.
+        grown[head + "weight"] = torch.randn(*per_layer, dim, in_features + out_features, generator=generator,
+                                             dtype=dtype) * dim**-0.5
+        grown[head + "bias"] = torch.zeros(*per_layer, in_features + out_features, dtype=dtype)
+        grown[head + "a_scale"] = torch.ones(layers, rank, dtype=dtype)
+        grown[head + "b_scale"] = torch.zeros(layers, rank, dtype=dtype)  # silent until trained
+        if config.use_bias_block:
+            grown[head + "bias_a"] = torch.randn(layers, rank, in_features, generator=generator,
+                                                 dtype=dtype) * in_features**-0.5
+            grown[head + "bias_b"] = torch.zeros(layers, out_features, rank, dtype=dtype)
+    return grown
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="a hypernetwork checkpoint folder")
@@ -96,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the new number of latents, a multiple of the old")
     parser.add_argument("--blocks", type=positive_int, default=None,
                         help="the new number of perceiver encoder blocks, larger than the old")
+    parser.add_argument("--modules", nargs="+", default=None, metavar="NAME",
+                        help="more target modules of every decoder layer, e.g. self_attn.o_proj mlp.up_proj")
     parser.add_argument("--noise", type=float, default=1e-3,
                         help="how far each latent's copies move from it, relative to the latents' spread")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.rank is None and args.latents is None and args.blocks is None:
-        parser.error("give --rank, --latents, --blocks or several of them")
+    if args.rank is None and args.latents is None and args.blocks is None and args.modules is None:
+        parser.error("give --rank, --latents, --blocks, --modules or several of them")
     if not math.isfinite(args.noise) or args.noise < 0:
         parser.error(f"--noise must be a number at least 0, got {args.noise}")
     if not (args.model / "config.json").is_file() or not (args.model / "model.safetensors").is_file():
@@ -114,17 +149,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--latents must be a larger multiple of the checkpoint's {old_latents} latents, got {args.latents}")
     if args.blocks is not None and args.blocks <= old_blocks:
         parser.error(f"--blocks must be larger than the checkpoint's {old_blocks} encoder blocks, got {args.blocks}")
+    old_modules = list(config.target_modules)
+    if args.modules is not None:
+        config.target_modules = old_modules + args.modules
+        try:  # unknown or repeated names
+            config._validate()
+        except ValueError as error:
+            parser.error(f"--modules: {error}")
     if args.output.exists():
         parser.error(f"{args.output} exists: choose a new folder")
     generator = torch.Generator().manual_seed(args.seed)
     weights = load_file(args.model / "model.safetensors")
     if args.rank is not None:
-        weights = grow_rank(weights, old_rank, args.rank, len(config.target_modules), config.initializer_range,
+        weights = grow_rank(weights, old_rank, args.rank, len(old_modules), config.initializer_range,
                             generator)
         config.lora_r = args.rank  # lora_scale stays the old rank's, so the old directions keep their scale
     if args.latents is not None:
         weights = grow_latents(weights, args.latents // old_latents, args.noise, generator)
         config.num_latents = args.latents
+    if args.modules is not None:  # after the rank: the new heads are made at the new rank
+        weights = grow_modules(weights, config, len(old_modules), generator)
     if args.blocks is not None:
         weights = grow_blocks(weights, old_blocks, args.blocks, config.share_context_kv)
         config.num_blocks = args.blocks
@@ -140,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     (staging / "model.safetensors").chmod(0o644)
     staging.rename(args.output)
     print(f"wrote {args.output}: rank {config.lora_r} (was {old_rank}), {config.num_latents} latents (was "
-          f"{old_latents}), {config.num_blocks} encoder blocks (was {old_blocks})")
+          f"{old_latents}), {config.num_blocks} encoder blocks (was {old_blocks}), target modules "
+          f"{', '.join(config.target_modules)}")
     return 0
 
 

@@ -208,6 +208,41 @@ def test_added_encoder_blocks_keep_every_adapter_exactly_and_then_train(make_mod
     assert not (tmp_path / "same").exists()
 
 
+@pytest.mark.parametrize("head_type", ["per_layer", "shared"])
+def test_added_target_modules_start_silent_keep_every_adapter_and_then_train(make_model, processor, tmp_path, capsys,
+                                                                             head_type):
+    grow = _grow_hypernetwork()
+    model = make_model(head_type=head_type)
+    perturb_(model)
+    model.save_pretrained(tmp_path / "small")
+    rank = 2 * model.config.lora_r
+    assert grow.main([str(tmp_path / "small"), str(tmp_path / "wide"), "--rank", str(rank),
+                      "--modules", "self_attn.o_proj", "mlp.up_proj"]) == 0
+    wide = Video2LoRAModel.from_pretrained(tmp_path / "wide").eval()
+    assert wide.config.target_modules == ["mlp.down_proj", "self_attn.o_proj", "mlp.up_proj"]
+    inputs = context(processor, 2)
+    old, new = model.generate_adapter(**inputs), wide.generate_adapter(**inputs)
+    torch.testing.assert_close(_update(new), _update(old))
+    for name in ("self_attn.o_proj", "mlp.up_proj"):
+        assert new.lora_A[name].shape[2] == 2 * rank  # the grown rank and a bias block as wide
+        assert (new.lora_B[name] @ new.lora_A[name]).abs().max() == 0
+    # With the new modules in it, the VLM answers as before, and a loss reaches their heads.
+    questions = processor.encode_text(["what colour is the circle?"])
+    with torch.no_grad(), model.apply_adapter(old):
+        before = model.vlm(**questions).logits
+    with torch.no_grad(), wide.apply_adapter(new):
+        torch.testing.assert_close(wide.vlm(**questions).logits, before)
+    wide_adapter = wide.generate_adapter(**inputs)
+    with wide.apply_adapter(wide_adapter):
+        wide.vlm(**questions).logits.square().mean().backward()
+    assert all(head.b_scale.grad.abs().sum() > 0 for head in wide.hypernetwork.heads[1:])
+    for modules, message in ((["self_attn.x_proj"], "unknown target modules"), (["mlp.down_proj"], "repeats")):
+        with pytest.raises(SystemExit) as exit_info:
+            grow.main([str(tmp_path / "small"), str(tmp_path / "bad"), "--modules", *modules])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_shared_context_keys_and_values(make_model, processor):
     separate, shared = make_model(num_blocks=3), make_model(num_blocks=3, share_context_kv=True)
     dim = shared.config.latent_size
