@@ -169,7 +169,8 @@ fi
 # Not shipped (README, "Long videos"): INTERLEAVED=1 with RANK=R, LATENTS=N, BLOCKS=K and/or MODULES="NAME ..." runs
 # the INTERLEAVED stage (its mix, steps, lr and seed) from OUT grown to rank R, N latents, K encoder blocks and/or
 # more target modules (scripts/grow_hypernetwork.py: the same adapters, or nearly, until it trains) into
-# OUT/interleaved-rankR-latentsN-blocksK-<modules>: does more capacity fit the long and harder clips?
+# OUT/interleaved-rankR-latentsN-blocksK-<modules>: does more capacity fit the long and harder clips? MORE=1 then
+# continues it (OUT/<that>-more).
 if [ "${INTERLEAVED:-0}" = 1 ] && [ -n "${RANK:-}${LATENTS:-}${BLOCKS:-}${MODULES:-}" ]; then
   grow=(); grown=
   [ -z "${RANK:-}" ] || { grow+=(--rank "$RANK"); grown+=-rank$RANK; }
@@ -184,5 +185,11 @@ if [ "${INTERLEAVED:-0}" = 1 ] && [ -n "${RANK:-}${LATENTS:-}${BLOCKS:-}${MODULE
   train "$OUT/$name" "$OUT/$grown" train_long_interleaved_mix.jsonl 1200 1e-4 \
     order=4,count=3,direction=3,colour_change=3 23 --decode_in_workers true --dataloader_num_workers 1
   assess "$name" "docs/long_video_sweep_${name//-/_}" --segment-layout interleaved
+  # MORE=1: does the new capacity need more optimization? 1,200 more steps on the same mix at twice the lr (seed 37).
+  if [ "${MORE:-0}" = 1 ]; then
+    train "$OUT/$name-more" "$OUT/$name" train_long_interleaved_mix.jsonl 1200 2e-4 \
+      order=4,count=3,direction=3,colour_change=3 37 --decode_in_workers true --dataloader_num_workers 1
+    assess "$name-more" "docs/long_video_sweep_${name//-/_}_more" --segment-layout interleaved
+  fi
 fi
 echo "done $(date)"
