@@ -121,10 +121,16 @@ def test_a_saved_checkpoint_is_readable_by_everyone(make_model, tmp_path):
     assert weights and all(path.stat().st_mode & 0o444 == 0o444 for path in weights)
 
 
-def test_context_positions_grow_a_saved_checkpoint_as_a_no_op(make_model, processor, tmp_path):
-    model = make_model()
+def _trained_checkpoint(make_model, directory, **config) -> Video2LoRAModel:
+    """A model whose every hypernetwork weight has moved, as training moves them, saved to `directory`."""
+    model = make_model(**config)
     perturb_(model)
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(directory)
+    return model
+
+
+def test_context_positions_grow_a_saved_checkpoint_as_a_no_op(make_model, processor, tmp_path):
+    model = _trained_checkpoint(make_model, tmp_path)
     grown = Video2LoRAModel.from_pretrained(tmp_path, use_context_positions=True).eval()
     assert grown.config.use_context_positions and grown.hypernetwork.position_projection.abs().sum() == 0
     inputs = context(processor, 2)
@@ -143,9 +149,7 @@ def _update(adapter):  # the weight update B A of every layer: what an adapter d
 def test_growing_the_rank_of_a_saved_checkpoint_keeps_every_adapter_and_then_trains(make_model, processor, tmp_path,
                                                                                      capsys):
     grow = _grow_hypernetwork()
-    model = make_model()
-    perturb_(model)
-    model.save_pretrained(tmp_path / "small")
+    model = _trained_checkpoint(make_model, tmp_path / "small")
     assert grow.main([str(tmp_path / "small"), str(tmp_path / "grown"), "--rank", str(2 * model.config.lora_r)]) == 0
     grown = Video2LoRAModel.from_pretrained(tmp_path / "grown").eval()
     assert grown.config.lora_r == 2 * model.config.lora_r and grown.config.lora_scale == model.config.lora_scale
@@ -164,9 +168,7 @@ def test_growing_the_rank_of_a_saved_checkpoint_keeps_every_adapter_and_then_tra
 
 def test_copied_latents_keep_every_adapter_exactly_and_noise_moves_it_slightly(make_model, processor, tmp_path, capsys):
     grow = _grow_hypernetwork()
-    model = make_model()
-    perturb_(model)
-    model.save_pretrained(tmp_path / "small")
+    model = _trained_checkpoint(make_model, tmp_path / "small")
     latents = model.config.num_latents
     inputs = context(processor, 2)
     old = _update(model.generate_adapter(**inputs))
@@ -188,17 +190,16 @@ def test_copied_latents_keep_every_adapter_exactly_and_noise_moves_it_slightly(m
 def test_added_encoder_blocks_keep_every_adapter_exactly_and_then_train(make_model, processor, tmp_path, capsys,
                                                                         share_context_kv):
     grow = _grow_hypernetwork()
-    model = make_model(share_context_kv=share_context_kv)
-    perturb_(model)
-    model.save_pretrained(tmp_path / "small")
+    model = _trained_checkpoint(make_model, tmp_path / "small", share_context_kv=share_context_kv)
     blocks = model.config.num_blocks
     assert grow.main([str(tmp_path / "small"), str(tmp_path / "deep"), "--blocks", str(blocks + 2)]) == 0
     deep = Video2LoRAModel.from_pretrained(tmp_path / "deep").eval()
     assert deep.config.num_blocks == len(deep.hypernetwork.encoder) == blocks + 2
     inputs = context(processor, 2)
-    torch.testing.assert_close(_update(deep.generate_adapter(**inputs)), _update(model.generate_adapter(**inputs)))
+    update = _update(deep.generate_adapter(**inputs))
+    torch.testing.assert_close(update, _update(model.generate_adapter(**inputs)))
     # Silent, not dead: a loss on the adapter reaches the new blocks' output projections.
-    _update(deep.generate_adapter(**inputs)).square().sum().backward()
+    update.square().sum().backward()
     for block in deep.hypernetwork.encoder[blocks:]:
         assert block.attention.to_out.weight.grad.abs().sum() > 0
         assert block.feed_forward[1].down.weight.grad.abs().sum() > 0
@@ -212,9 +213,7 @@ def test_added_encoder_blocks_keep_every_adapter_exactly_and_then_train(make_mod
 def test_added_target_modules_start_silent_keep_every_adapter_and_then_train(make_model, processor, tmp_path, capsys,
                                                                              head_type):
     grow = _grow_hypernetwork()
-    model = make_model(head_type=head_type)
-    perturb_(model)
-    model.save_pretrained(tmp_path / "small")
+    model = _trained_checkpoint(make_model, tmp_path / "small", head_type=head_type)
     rank = 2 * model.config.lora_r
     assert grow.main([str(tmp_path / "small"), str(tmp_path / "wide"), "--rank", str(rank),
                       "--modules", "self_attn.o_proj", "mlp.up_proj"]) == 0
@@ -232,8 +231,7 @@ def test_added_target_modules_start_silent_keep_every_adapter_and_then_train(mak
         before = model.vlm(**questions).logits
     with torch.no_grad(), wide.apply_adapter(new):
         torch.testing.assert_close(wide.vlm(**questions).logits, before)
-    wide_adapter = wide.generate_adapter(**inputs)
-    with wide.apply_adapter(wide_adapter):
+    with wide.apply_adapter(new):
         wide.vlm(**questions).logits.square().mean().backward()
     assert all(head.b_scale.grad.abs().sum() > 0 for head in wide.hypernetwork.heads[1:])
     for modules, message in ((["self_attn.x_proj"], "unknown target modules"), (["mlp.down_proj"], "repeats")):
