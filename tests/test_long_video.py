@@ -219,3 +219,38 @@ def test_boundary_events_tells_a_change_between_segments_from_one_inside(tmp_pat
                             str(tmp_path)], capture_output=True, text=True, check=True).stdout
     assert "| 8 steps | 2 | 1, 1.00, 1.00 | 1, 1.00, 0.00 |" in table
     assert "| 1x |" not in table  # one segment has no boundary
+
+
+def test_adapter_ceiling_fits_one_clips_adapter_to_any_answer_it_is_given(tmp_path, capsys):
+    """scripts/adapter_ceiling.py: optimizing a clip's adapter directly makes it give the answer it was fitted to, a
+    wrong colour included, and leaves the hypernetwork's adapter as it was; the command tables both and refuses a
+    missing file with exit 2."""
+    from train_hf import Video2LoRACollator
+    from video2lora.world import COLOURS
+
+    ceiling = load_script("adapter_ceiling")
+    manifest = write_world(tmp_path, split="test", num_clips=1, seed_offset=77, progress=False)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    row = next(r for r in rows if r["metadata"]["question_type"] == "colour")
+    wrong = next(colour for colour in COLOURS if colour != row["target_text"])
+    model = Video2LoRAModel.from_pretrained(CHECKPOINT).eval().requires_grad_(False)
+    video = model.processor.sample_video(str(tmp_path / row["video_path"]), num_frames=4)
+    adapter = model.internalize(video)
+    assert model.answer(adapter, row["prompt"]) == row["target_text"]
+    batch = Video2LoRACollator(model.processor, model.config.instruction)([
+        {"frames": video.frames, "timestamps": video.timestamps, "duration": video.duration,
+         "questions": [{"prompt": row["prompt"], "target": wrong, "teacher": None}]}])
+    fitted = ceiling.optimized(model, adapter, batch, steps=30, learning_rate=1e-2)
+    assert model.answer(fitted, row["prompt"]) == wrong
+    assert model.answer(adapter, row["prompt"]) == row["target_text"]
+
+    output = tmp_path / "ceiling.json"
+    assert ceiling.main(["--model", str(CHECKPOINT), "--teacher", str(manifest), "--data-root", str(tmp_path),
+                         "--videos", "1", "--steps", "2", "--output", str(output)]) == 0
+    summary = json.loads(output.read_text())["summary"]
+    questions = sum(r["task_type"] == "qa" for r in rows)
+    assert {system: s["all QA"]["questions"] for system, s in summary.items()} == dict.fromkeys(
+        ("hypernetwork", "optimized", "teacher"), questions)
+    assert summary["teacher"]["all QA"]["accuracy"] == 1.0  # a world manifest's targets are its labels
+    assert "| all QA |" in capsys.readouterr().out
+    assert ceiling.main(["--model", str(CHECKPOINT), "--teacher", str(tmp_path / "missing.jsonl")]) == 2
