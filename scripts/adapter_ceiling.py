@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{summary[system][kind]['accuracy']:.3f}" for system in summary)
         print(f"| {kind} | {summary['teacher'][kind]['questions']} | {cells} |")
     if args.output:
-        Path(args.output).write_text(json.dumps({"args": vars(args), "summary": summary}, indent=2) + "\n")
+        staging = Path(f"{args.output}.partial")  # written whole, then renamed: never a half-written summary
+        staging.write_text(json.dumps({"args": vars(args), "summary": summary}, indent=2) + "\n")
+        staging.replace(args.output)
     return 0
 
 
