@@ -22,6 +22,7 @@ import json
 import random
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,26 +31,27 @@ from tqdm import tqdm
 from modeling_video2lora import Video2LoRAAdapter, Video2LoRAModel
 from train_hf import Video2LoRACollator
 from video2lora.checks import positive_int
-from video2lora.data import question_type
+from video2lora.data import ManifestError, question_type, read_manifest
 from video2lora.evaluation import exact_match
-from video2lora.runner import group_by_video
+from video2lora.runner import group_by_video, read_row_video
 
 
 def optimized(model: Video2LoRAModel, adapter: Video2LoRAAdapter, batch: dict[str, torch.Tensor], *, steps: int,
               learning_rate: float) -> Video2LoRAAdapter:
     """`adapter` after `steps` Adam steps on the student loss of `batch` (one video's rows)."""
-    lora_a = {name: a.detach().clone().requires_grad_() for name, a in adapter.lora_A.items()}
-    lora_b = {name: b.detach().clone().requires_grad_() for name, b in adapter.lora_B.items()}
-    optimizer = torch.optim.Adam([*lora_a.values(), *lora_b.values()], lr=learning_rate)
+    # The optimizer updates these leaf tensors in place, so one adapter object serves every step.
+    trial = replace(adapter, lora_A={name: a.detach().clone().requires_grad_() for name, a in adapter.lora_A.items()},
+                    lora_B={name: b.detach().clone().requires_grad_() for name, b in adapter.lora_B.items()})
+    optimizer = torch.optim.Adam([*trial.lora_A.values(), *trial.lora_B.values()], lr=learning_rate)
     student = {key: batch[key] for key in ("input_ids", "attention_mask", "labels", "teacher_top_ids",
                                            "teacher_top_logprobs", "teacher_mask") if key in batch}
+    one_video = torch.zeros(len(batch["input_ids"]), dtype=torch.long)  # every row reads the one adapter
     for _ in range(steps):
-        trial = Video2LoRAAdapter(**{**vars(adapter), "lora_A": lora_a, "lora_B": lora_b})
-        loss = model(**student, adapter=trial, adapter_index=torch.zeros(len(batch["input_ids"]), dtype=torch.long)).loss
+        loss = model(**student, adapter=trial, adapter_index=one_video).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return Video2LoRAAdapter(**{**vars(adapter), "lora_A": lora_a, "lora_B": lora_b}).detach()
+    return trial.detach()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="a Video2LoRA checkpoint folder")
     parser.add_argument("--teacher", required=True, help="teacher manifest (rows with teacher_logprobs)")
     parser.add_argument("--clips", help="only the videos of this manifest (e.g. one kind of scene)")
-    parser.add_argument("--data-root", default="data/world", help="folder the rows' video paths are relative to")
+    parser.add_argument("--data-root", help="folder the rows' video paths are relative to (default: each manifest's)")
     parser.add_argument("--videos", type=positive_int, default=40, help="clips to fit, drawn at random (seed 0)")
     parser.add_argument("--steps", type=positive_int, default=200)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -67,14 +69,17 @@ def main(argv: list[str] | None = None) -> int:
                              "description: what a user could ask the base for once, without knowing the questions)")
     parser.add_argument("--output", help="write the summary here as JSON")
     args = parser.parse_args(argv)
-    for path in (args.model, args.teacher, args.clips, args.data_root):
-        if path and not Path(path).exists():
-            print(f"adapter_ceiling: {path} does not exist", file=sys.stderr)
-            return 2
-    rows = [json.loads(line) for line in open(args.teacher)]
-    if args.clips:
-        wanted = {json.loads(line)["video_path"] for line in open(args.clips)}
-        rows = [row for row in rows if row["video_path"] in wanted]
+    if not Path(args.model).exists():
+        print(f"adapter_ceiling: {args.model} does not exist", file=sys.stderr)
+        return 2
+    try:  # rows with absolute video paths, checked before any model is loaded
+        rows = read_manifest(args.teacher, data_root=args.data_root, check_files=True).rows
+        if args.clips:
+            wanted = {row["video_path"] for row in read_manifest(args.clips, data_root=args.data_root).rows}
+            rows = [row for row in rows if row["video_path"] in wanted]
+    except ManifestError as error:
+        print(f"adapter_ceiling: {error}", file=sys.stderr)
+        return 2
     groups = group_by_video(rows)
     if not groups:
         print(f"adapter_ceiling: no rows in {args.teacher} for those clips", file=sys.stderr)
@@ -87,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     model.config.kl_weight = 1.0  # what every training stage used (--kl_weight 1.0)
     collator = Video2LoRACollator(model.processor, model.config.instruction, with_teacher=True)
     correct: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (video_path, _), group in tqdm(groups, desc="clips", unit="clip"):
-        video = model.processor.sample_video(str(Path(args.data_root) / video_path), num_frames=args.num_frames)
+    for _, group in tqdm(groups, desc="clips", unit="clip"):
+        video = read_row_video(model, group[0], num_frames=args.num_frames)
         with torch.no_grad():
             adapter = model.internalize(video)
         feature = {"frames": video.frames, "timestamps": video.timestamps, "duration": video.duration,
