@@ -231,9 +231,15 @@ if [ "${SPECIALIZE:-0}" = 1 ]; then
 fi
 # Not shipped (README, "Long videos"): MIXED=1 is the third stage with the clips SPECIALIZE=1 shows it lacks. It
 # continues OUT 3,600 steps at lr 1e-4 (seed 41) on the third stage's mix plus SPECIALIZE's 8,000 more harder clips
-# (5,000 of each kind in all, about 1.5 passes), so that no kind is learnt at the others' expense, then assesses it
-# on single clips, two segments and the sweep's harder scenes (OUT/mixed, about 85 minutes).
+# (5,000 of each kind in all, about 1.4 passes), so that no kind is learnt at the others' expense, then assesses it
+# on single clips, two segments, its own training clips and the sweep's harder scenes (OUT/mixed, about 85 minutes).
 if [ "${MIXED:-0}" = 1 ]; then
+  on_training_clips() {  # NAME: OUT/NAME on the third stage's 2-event colour-change and 4-object order rows
+    evaluate --manifest "$DATA/train_events2.jsonl" --where question_type=colour_change --model "$OUT/$1" \
+      --output_dir "$OUT/$1/eval-train-colour-change"
+    evaluate --manifest "$DATA/train_objects4.jsonl" --where question_type=order --model "$OUT/$1" \
+      --output_dir "$OUT/$1/eval-train-order"
+  }
   more_harder_clips
   cat "$DATA/train_harder_mix.jsonl" "$DATA/train_events2c_teacher.jsonl" "$DATA/train_objects4c_teacher.jsonl" \
     > "$DATA/train_mixed.jsonl"
@@ -241,9 +247,22 @@ if [ "${MIXED:-0}" = 1 ]; then
   evaluate --manifest "$DATA/test.jsonl" --model "$OUT/mixed" --output_dir "$OUT/mixed/eval"
   evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
     --num_frames 4 --model "$OUT/mixed" --output_dir "$OUT/mixed/eval-compose-2"
+  on_training_clips mixed
   python scripts/long_video_sweep.py --model "$OUT/mixed" --out runs/sweep --name mixed \
     --results docs/long_video_sweep_mixed --clips 40 --harder-clips 200 --jobs 2 --kinds "4 objects" "2 events" "8 steps"
   python scripts/long_video_sweep.py --model "$OUT/mixed" --out runs/sweep --name mixed --question-type order \
     --harder-clips 600 --results docs/long_video_sweep_mixed_order --jobs 2 --kinds "4 objects" "2 events" "8 steps"
+  # MORE=1: more passes over the same clips? 1,800 more steps on the mix (seed 43, OUT/mixed-more, about 50 minutes).
+  if [ "${MORE:-0}" = 1 ]; then
+    train "$OUT/mixed-more" "$OUT/mixed" train_mixed.jsonl 1800 1e-4 order=4,count=3,direction=3,colour_change=3 43
+    evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
+      --num_frames 4 --model "$OUT/mixed-more" --output_dir "$OUT/mixed-more/eval-compose-2"
+    on_training_clips mixed-more
+    python scripts/long_video_sweep.py --model "$OUT/mixed-more" --out runs/sweep --name mixed-more --jobs 2 \
+      --results docs/long_video_sweep_mixed_more --clips 40 --harder-clips 200 --kinds "4 objects" "2 events" "8 steps"
+    python scripts/long_video_sweep.py --model "$OUT/mixed-more" --out runs/sweep --name mixed-more \
+      --question-type order --harder-clips 600 --results docs/long_video_sweep_mixed_more_order --jobs 2 \
+      --kinds "4 objects" "8 steps"
+  fi
 fi
 echo "done $(date)"
