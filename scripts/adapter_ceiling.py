@@ -31,7 +31,7 @@ from tqdm import tqdm
 from modeling_video2lora import Video2LoRAAdapter, Video2LoRAModel
 from train_hf import Video2LoRACollator
 from video2lora.checks import positive_int
-from video2lora.data import ManifestError, question_type, read_manifest
+from video2lora.data import ManifestError, question_type, read_manifest, write_text_atomically
 from video2lora.evaluation import exact_match
 from video2lora.runner import group_by_video, read_row_video
 
@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{summary[system][kind]['accuracy']:.3f}" for system in summary)
         print(f"| {kind} | {summary['teacher'][kind]['questions']} | {cells} |")
     if args.output:
-        staging = Path(f"{args.output}.partial")  # written whole, then renamed: never a half-written summary
-        staging.write_text(json.dumps({"args": vars(args), "summary": summary}, indent=2) + "\n")
-        staging.replace(args.output)
+        write_text_atomically(args.output, json.dumps({"args": vars(args), "summary": summary}, indent=2) + "\n")
     return 0
 
 

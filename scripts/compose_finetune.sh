@@ -79,6 +79,10 @@ assess() {  # NAME RESULTS [SWEEP FLAGS...]: OUT/NAME on single clips, on the tw
   python scripts/long_video_sweep.py --model "$OUT/$name" --out runs/sweep --name "$name" --results "$results" \
     --clips 40 --harder-clips 200 --jobs 2 "$@"
 }
+on_training_clips() {  # NAME KIND TYPE: OUT/NAME on the third stage's clips of KIND (events2, objects4), TYPE rows
+  evaluate --manifest "$DATA/train_$2.jsonl" --where "question_type=$3" --model "$OUT/$1" \
+    --output_dir "$OUT/$1/eval-train-${3//_/-}"
+}
 if [ -n "${FROM:-}" ]; then  # the variants below from a finished checkpoint, without its three stages
   [ -f "$OUT/model.safetensors" ] || find "$FROM" -maxdepth 1 -type f -exec cp {} "$OUT"/ \;
 else
@@ -194,13 +198,6 @@ if [ "${INTERLEAVED:-0}" = 1 ] && [ -n "${RANK:-}${LATENTS:-}${BLOCKS:-}${MODULE
     assess "$name-more" "docs/long_video_sweep_${name//-/_}_more" --segment-layout interleaved
   fi
 fi
-# Not shipped (README, "Long videos"): SPECIALIZE=1 asks whether the harder scenes' shortfall is one of fit or of
-# data. It continues OUT 1,200 steps at lr 1e-4 (seed 23) on 2-event clips alone, colour change 3x: the third
-# stage's 1,000 (OUT/events2-1000, about 10 passes over them), then those and 4,000 more, each with a colour-change
-# question (OUT/events2-5000, about 2 passes), which then goes on 2,400 more steps (seed 29, OUT/events2-5000-more,
-# about 4 more passes). Then the same on 4-object clips, order 3x: the third stage's 1,000 and 4,000 more that each
-# ask an order question (OUT/objects4-5000). Each is scored on its first 1,000 training clips' rows of its type
-# and on the sweep's held-out clips of its kind. About 2 hours.
 more_harder_clips() {  # 4,000 more 2-event clips that each ask about a colour change, 4,000 4-object ones an order
   [ -f "$DATA/train_events2c.jsonl" ] || w --split train --num-clips 4000 --seed-offset 70000 --max-events 2 \
     --require-question-type colour_change --manifest-name train_events2c.jsonl
@@ -209,16 +206,22 @@ more_harder_clips() {  # 4,000 more 2-event clips that each ask about a colour c
   teach train_events2c.jsonl train_events2c_teacher.jsonl 4
   teach train_objects4c.jsonl train_objects4c_teacher.jsonl 4
 }
+# Not shipped (README, "Long videos"): SPECIALIZE=1 asks whether the harder scenes' shortfall is one of fit or of
+# data. It continues OUT 1,200 steps at lr 1e-4 (seed 23) on 2-event clips alone, colour change 3x: the third
+# stage's 1,000 (OUT/events2-1000, about 10 passes over them), then those and 4,000 more, each with a colour-change
+# question (OUT/events2-5000, about 2 passes), which then goes on 2,400 more steps (seed 29, OUT/events2-5000-more,
+# about 4 more passes). Then the same on 4-object clips, order 3x: the third stage's 1,000 and 4,000 more that each
+# ask an order question (OUT/objects4-5000). Each is scored on its first 1,000 training clips' rows of its type
+# and on the sweep's held-out clips of its kind. About 2 hours.
 if [ "${SPECIALIZE:-0}" = 1 ]; then
   more_harder_clips
   for kind in events2 objects4; do
     cat "$DATA/train_${kind}_teacher.jsonl" "$DATA/train_${kind}c_teacher.jsonl" > "$DATA/train_${kind}_5000_teacher.jsonl"
   done
   specialize() {  # NAME INIT MANIFEST STEPS SEED TYPE SWEEP_FLAGS...: the run, then its scores
-    local name=$1 kind=${1%%-*} type=$6
+    local name=$1 type=$6
     train "$OUT/$name" "$2" "$3" "$4" 1e-4 "$type=3" "$5"
-    evaluate --manifest "$DATA/train_$kind.jsonl" --where "question_type=$type" --model "$OUT/$name" \
-      --output_dir "$OUT/$name/eval-train-${type//_/-}"
+    on_training_clips "$name" "${name%%-*}" "$type"
     python scripts/long_video_sweep.py --model "$OUT/$name" --out runs/sweep --name "$name" \
       --results "docs/long_video_sweep_${name//-/_}" --clips 40 --jobs 2 "${@:7}"
   }
@@ -234,35 +237,20 @@ fi
 # (5,000 of each kind in all, about 1.4 passes), so that no kind is learnt at the others' expense, then assesses it
 # on single clips, two segments, its own training clips and the sweep's harder scenes (OUT/mixed, about 85 minutes).
 if [ "${MIXED:-0}" = 1 ]; then
-  on_training_clips() {  # NAME: OUT/NAME on the third stage's 2-event colour-change and 4-object order rows
-    evaluate --manifest "$DATA/train_events2.jsonl" --where question_type=colour_change --model "$OUT/$1" \
-      --output_dir "$OUT/$1/eval-train-colour-change"
-    evaluate --manifest "$DATA/train_objects4.jsonl" --where question_type=order --model "$OUT/$1" \
-      --output_dir "$OUT/$1/eval-train-order"
+  mixed() {  # NAME INIT STEPS SEED ORDER_KINDS...: a run on the mix, then its scores
+    local name=$1
+    train "$OUT/$name" "$2" train_mixed.jsonl "$3" 1e-4 order=4,count=3,direction=3,colour_change=3 "$4"
+    assess "$name" "docs/long_video_sweep_${name//-/_}" --kinds "4 objects" "2 events" "8 steps"
+    on_training_clips "$name" events2 colour_change
+    on_training_clips "$name" objects4 order
+    python scripts/long_video_sweep.py --model "$OUT/$name" --out runs/sweep --name "$name" --question-type order \
+      --harder-clips 600 --results "docs/long_video_sweep_${name//-/_}_order" --jobs 2 --kinds "${@:5}"
   }
   more_harder_clips
   cat "$DATA/train_harder_mix.jsonl" "$DATA/train_events2c_teacher.jsonl" "$DATA/train_objects4c_teacher.jsonl" \
     > "$DATA/train_mixed.jsonl"
-  train "$OUT/mixed" "$OUT" train_mixed.jsonl 3600 1e-4 order=4,count=3,direction=3,colour_change=3 41
-  evaluate --manifest "$DATA/test.jsonl" --model "$OUT/mixed" --output_dir "$OUT/mixed/eval"
-  evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-    --num_frames 4 --model "$OUT/mixed" --output_dir "$OUT/mixed/eval-compose-2"
-  on_training_clips mixed
-  python scripts/long_video_sweep.py --model "$OUT/mixed" --out runs/sweep --name mixed \
-    --results docs/long_video_sweep_mixed --clips 40 --harder-clips 200 --jobs 2 --kinds "4 objects" "2 events" "8 steps"
-  python scripts/long_video_sweep.py --model "$OUT/mixed" --out runs/sweep --name mixed --question-type order \
-    --harder-clips 600 --results docs/long_video_sweep_mixed_order --jobs 2 --kinds "4 objects" "2 events" "8 steps"
-  # MORE=1: more passes over the same clips? 1,800 more steps on the mix (seed 43, OUT/mixed-more, about 50 minutes).
-  if [ "${MORE:-0}" = 1 ]; then
-    train "$OUT/mixed-more" "$OUT/mixed" train_mixed.jsonl 1800 1e-4 order=4,count=3,direction=3,colour_change=3 43
-    evaluate --manifest "$DATA/test_two_segment.jsonl" --where segment=whole --segments 2 \
-      --num_frames 4 --model "$OUT/mixed-more" --output_dir "$OUT/mixed-more/eval-compose-2"
-    on_training_clips mixed-more
-    python scripts/long_video_sweep.py --model "$OUT/mixed-more" --out runs/sweep --name mixed-more --jobs 2 \
-      --results docs/long_video_sweep_mixed_more --clips 40 --harder-clips 200 --kinds "4 objects" "2 events" "8 steps"
-    python scripts/long_video_sweep.py --model "$OUT/mixed-more" --out runs/sweep --name mixed-more \
-      --question-type order --harder-clips 600 --results docs/long_video_sweep_mixed_more_order --jobs 2 \
-      --kinds "4 objects" "8 steps"
-  fi
+  mixed mixed "$OUT" 3600 41 "4 objects" "2 events" "8 steps"
+  # MORE=1: more passes over the same clips? 1,800 more steps on the mix (seed 43, OUT/mixed-more, about 55 minutes).
+  if [ "${MORE:-0}" = 1 ]; then mixed mixed-more "$OUT/mixed" 1800 43 "4 objects" "8 steps"; fi
 fi
 echo "done $(date)"
